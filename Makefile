@@ -1,0 +1,65 @@
+# Proconsul developer entry points. Everything runs from the virtualenv in .venv, which
+# `make venv` creates (and every target that needs it depends on).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test lint proto bench clean
+
+help:
+	@echo "make run    dev agent, HTTP API on 127.0.0.1:8500"
+	@echo "make test   create the venv if needed, install, run the whole test suite"
+	@echo "            (extra pytest arguments: PYTEST_ARGS='-k raft -x')"
+	@echo "make lint   ruff check, ruff format --check, mypy on raft/ and gossip/"
+	@echo "make proto  regenerate proto/*_pb2*.py from proto/*.proto"
+	@echo "make bench  run bench/raft_bench.py"
+	@echo "make venv   create .venv and install the project with its test and bench extras"
+	@echo "make clean  remove the venv, caches and build output"
+
+venv: $(STAMP)
+
+# Creating the venv needs the venv and ensurepip modules; on Debian's own python3 they come
+# in the python3-venv package, installed here when missing (CI runs as root).
+$(PY):
+	@if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
+		echo "$(PYTHON) lacks venv/ensurepip: installing python3-venv with apt-get"; \
+		if [ "$$(id -u)" -ne 0 ]; then \
+			echo "not root: run 'apt-get install python3-venv' as root, then retry" >&2; \
+			exit 1; \
+		fi; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install only when pyproject.toml is newer than the stamp.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[test,bench]'
+	touch $(STAMP)
+
+run: venv
+	$(VENV)/bin/proconsul agent -dev
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# All three checks run; the target fails if any of them failed.
+lint: venv
+	@status=0; \
+	echo "$(VENV)/bin/ruff check ."; $(VENV)/bin/ruff check . || status=1; \
+	echo "$(VENV)/bin/ruff format --check ."; $(VENV)/bin/ruff format --check . || status=1; \
+	echo "$(VENV)/bin/mypy raft gossip"; $(VENV)/bin/mypy raft gossip || status=1; \
+	exit $$status
+
+proto: venv
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. proto/*.proto
+
+bench: venv
+	$(PY) bench/raft_bench.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis .benchmarks
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Protocol Buffers IDL and the generated modules (committed; ``make proto`` regenerates)."""
