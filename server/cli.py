@@ -63,6 +63,37 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="name of this node (default: the hostname)",
     )
+    agent.add_argument(
+        "-server-port",
+        "--server-port",
+        dest="server_port",
+        type=int,
+        default=8300,
+        metavar="PORT",
+        help="port of server RPC (Raft) (default: 8300)",
+    )
+    agent.add_argument(
+        "-datacenter",
+        "--datacenter",
+        default="dc1",
+        metavar="NAME",
+        help="datacenter of this agent (default: dc1)",
+    )
+    agent.add_argument(
+        "-log-level",
+        "--log-level",
+        dest="log_level",
+        default="info",
+        metavar="LEVEL",
+        help="trace, debug, info, warn or error (default: info)",
+    )
+    agent.add_argument(
+        "-log-json",
+        "--log-json",
+        dest="log_json",
+        action="store_true",
+        help="write logs as JSON",
+    )
     agent.set_defaults(func=_cmd_agent)
 
     version = commands.add_parser("version", help="print the version")
@@ -71,8 +102,39 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
-    print("proconsul agent: not implemented yet", file=sys.stderr)
-    return 1
+    import asyncio
+
+    from server.agent import AgentConfig, default_node_name, run_agent
+    from server.logging import configure
+
+    if not args.dev:
+        print(
+            "proconsul agent: only -dev mode exists so far; run 'proconsul agent -dev'",
+            file=sys.stderr,
+        )
+        return 1
+    for flag, port in (("-http-port", args.http_port), ("-server-port", args.server_port)):
+        if not 0 < port < 65536:
+            print(f"proconsul agent: {flag}={port} is not a valid port", file=sys.stderr)
+            return 1
+    try:
+        configure(args.log_level, args.log_json)
+    except ValueError as exc:
+        print(f"proconsul agent: {exc}", file=sys.stderr)
+        return 1
+    config = AgentConfig(
+        node_name=args.node or default_node_name(),
+        datacenter=args.datacenter,
+        client_addr=args.client,
+        http_port=args.http_port,
+        server_port=args.server_port,
+    )
+    try:
+        asyncio.run(run_agent(config))
+    except OSError as exc:
+        print(f"proconsul agent: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
