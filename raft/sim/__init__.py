@@ -1,0 +1,1 @@
+"""Deterministic simulation and verification tools for the Raft core."""
