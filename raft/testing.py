@@ -84,10 +84,15 @@ class Harness:
             self.disks[i] = disk
             self.start(i)
 
-    def start(self, node_id: NodeId) -> RaftCore:
+    def start(self, node_id: NodeId, just_restarted: bool = False) -> RaftCore:
+        """(Re)start a node from its durable state. Unless ``just_restarted``, the node's
+        clock is moved past its first election timeout, as if it had been up a while
+        (a node that just started refuses votes for one election timeout)."""
         core = RaftCore(
             node_id, self.config, random.Random(self.rng.random()), self.disks[node_id].initial()
         )
+        if not just_restarted:
+            core.now = self.config.election_ticks
         self.nodes[node_id] = core
         return core
 

@@ -95,6 +95,7 @@ class RaftCore:
         self.progress: dict[NodeId, Progress] = {}
         self.pending_conf_index = 0
         self.lead_transferee: NodeId | None = None
+        self._transfer_sent_term = 0  # leases end for good once TimeoutNow left in a term
         self.transfer_elapsed = 0
         self.read_seq = 0
         self._read_seq_started: dict[int, int] = {}  # read_seq -> tick it started
@@ -256,7 +257,7 @@ class RaftCore:
         self._event("leadership_transfer_started", target=target)
         pr = self.progress[target]
         if pr.match == self.log.last_index:
-            self._send(TimeoutNow(self.id, target, self.term))
+            self._send_timeout_now(target)
         else:
             if pr.state == ProgressState.REPLICATE:
                 pr.become_probe()  # resend from the last known match, in case sends were lost
@@ -348,7 +349,14 @@ class RaftCore:
         return self.log.snapshot.membership
 
     def lease_valid(self) -> bool:
-        if self.role != Role.LEADER or self.lead_transferee is not None:
+        """True while no other leader can have been elected (a quorum acked a round that
+        started less than ``lease_ticks`` ago). Never after this leader sent TimeoutNow in
+        its term: transfer votes ignore voters' leases."""
+        if (
+            self.role != Role.LEADER
+            or self.lead_transferee is not None
+            or self._transfer_sent_term == self.term
+        ):
             return False
         contacts = {
             v: self.progress[v].contact_tick
@@ -385,12 +393,16 @@ class RaftCore:
         return self.id in self.membership.voters
 
     def _in_lease(self) -> bool:
-        """A voter that heard from a live leader recently refuses to help depose it."""
-        return (
-            self.cfg.check_quorum
-            and self.leader_id is not None
-            and self.election_elapsed < self.cfg.election_ticks
-        )
+        """A voter that heard from a live leader recently refuses to help depose it.
+
+        A node that just started may have acknowledged a leader before it crashed, so it
+        also refuses for its first election timeout: a restart never shortens a lease.
+        """
+        if not self.cfg.check_quorum:
+            return False
+        if self.now < self.cfg.election_ticks and self.role != Role.LEADER:
+            return True
+        return self.leader_id is not None and self.election_elapsed < self.cfg.election_ticks
 
     def _committed_in_term(self) -> bool:
         return self.log.term(self.log.committed) == self.term
@@ -747,7 +759,7 @@ class RaftCore:
             if self.role != Role.LEADER:
                 return
             if msg.src == self.lead_transferee and pr.match == self.log.last_index:
-                self._send(TimeoutNow(self.id, msg.src, self.term))
+                self._send_timeout_now(msg.src)
         self._maybe_promote(msg.src, pr)
         self._send_append(msg.src)
 
@@ -768,6 +780,10 @@ class RaftCore:
             pr.become_probe()
         if self.role == Role.LEADER:
             self._send_append(msg.src)
+
+    def _send_timeout_now(self, target: NodeId) -> None:
+        self._transfer_sent_term = self.term
+        self._send(TimeoutNow(self.id, target, self.term))
 
     def _maybe_promote(self, node: NodeId, pr: Progress) -> None:
         server = self.membership.get(node)

@@ -83,6 +83,37 @@ def test_voters_in_lease_reject_a_disruptive_candidate() -> None:
     assert not reply.granted
 
 
+def test_a_restarted_voter_waits_an_election_timeout_before_voting() -> None:
+    # It may have acknowledged a leader whose lease is still running just before it crashed.
+    h = Harness(3)
+    h.elect("n1")
+    h.start("n3", just_restarted=True)
+    h.nodes["n3"].step(RequestVote("n2", "n3", h.nodes["n1"].term + 1, 100, 100))
+    h.process("n3")
+    reply = [m for m in h.sent if isinstance(m, RequestVoteResponse) and m.src == "n3"][-1]
+    assert not reply.granted
+    h.tick(h.config.election_ticks, nodes=["n3"])
+    h.nodes["n3"].leader_id = None
+    h.nodes["n3"].step(RequestVote("n2", "n3", h.nodes["n1"].term + 1, 100, 100))
+    h.process("n3")
+    reply = [m for m in h.sent if isinstance(m, RequestVoteResponse) and m.src == "n3"][-1]
+    assert reply.granted
+
+
+def test_no_lease_reads_after_timeout_now_in_the_same_term() -> None:
+    cfg = CoreConfig(election_ticks=10, heartbeat_ticks=1, lease_ticks=5, lease_reads=True)
+    h = Harness(3, cfg)
+    leader = h.elect("n1")
+    h.tick(2)
+    assert leader.lease_valid()
+    h.isolate("n2")  # the transfer target never answers: the transfer is abandoned
+    leader.transfer_leadership("n2")
+    h.process("n1")
+    h.tick(cfg.election_ticks + 1, nodes=["n1", "n3"])
+    assert leader.role == Role.LEADER and leader.lead_transferee is None
+    assert not leader.lease_valid()  # n2 may hold TimeoutNow and win with transfer votes
+
+
 def test_check_quorum_leader_steps_down_without_quorum() -> None:
     h = Harness(3)
     h.elect("n1")
