@@ -30,7 +30,10 @@ class KVStateMachine:
         self.applied_index = index
         if not command:
             return None
-        cmd = json.loads(command)
+        return self.apply_command(json.loads(command))
+
+    def apply_command(self, cmd: dict[str, Any]) -> Any:
+        """Apply one decoded command (subclasses may extend this)."""
         op = cmd.get("op")
         if op == "put":
             self.data[cmd["key"]] = cmd["value"]

@@ -46,12 +46,11 @@ class RecordingKV(KVStateMachine):
         super().__init__()
         self.order: list[str] = []
 
-    def apply(self, index: int, command: bytes) -> Any:
-        if command:
-            key = json.loads(command).get("key")
-            if key is not None and key not in self.data:
-                self.order.append(key)
-        return super().apply(index, command)
+    def apply_command(self, cmd: dict[str, Any]) -> Any:
+        key = cmd.get("key")
+        if key is not None and key not in self.data:
+            self.order.append(key)
+        return super().apply_command(cmd)
 
     def snapshot(self) -> bytes:
         return json.dumps(

@@ -154,6 +154,7 @@ class RaftNode:
     async def start(self) -> None:
         state = await self.storage.load()
         if state.snapshot.index:
+            self.snapshots.protect(state.snapshot.index, state.snapshot.term)
             _, data, _ = await asyncio.to_thread(
                 self.snapshots.read, state.snapshot.index, state.snapshot.term
             )
@@ -412,6 +413,8 @@ class RaftNode:
         if rd.must_sync:
             started = time.perf_counter()
             await self.storage.save(rd.hard_state, rd.entries, rd.snapshot)
+            if rd.snapshot is not None:
+                self.snapshots.protect(rd.snapshot.index, rd.snapshot.term)
             elapsed = time.perf_counter() - started
             m = self.metrics
             m.saves += 1
@@ -497,6 +500,7 @@ class RaftNode:
         if (rd.role, rd.leader_id, rd.term) == (self._role, self._leader, self._term):
             return
         was_leader = self._role == Role.LEADER
+        term_changed = rd.term != self._term
         if rd.leader_id != self._leader or rd.term != self._term:
             log.info(
                 "leader_changed" if rd.leader_id else "leader_unknown",
@@ -519,6 +523,13 @@ class RaftNode:
                     fut.set_exception(LeadershipLost("leadership lost before the read"))
             self._reads.clear()
             self._reads_confirmed = []
+        elif was_leader and term_changed:
+            # Stepped down and won again between two Readies: the core dropped the reads it
+            # had not confirmed yet. Proposals stay: they resolve when their index applies.
+            for fut in self._reads.values():
+                if not fut.done():
+                    fut.set_exception(LeadershipLost("leadership changed before the read"))
+            self._reads.clear()
 
     def _fail_proposals_upto(self, index: int) -> None:
         for i in [i for i in self._proposals if i <= index]:
@@ -588,6 +599,7 @@ class RaftNode:
             self._wake.set()
             keep_from = await done
             await self.storage.compact(meta, keep_from)
+            self.snapshots.protect(meta.index, meta.term)
             self.metrics.snapshots_taken += 1
             log.info(
                 "snapshot_taken",

@@ -59,6 +59,8 @@ from raft.core.types import (
     TimeoutNow,
 )
 
+READ_ROUNDS_KEPT = 1024  # start ticks of recent heartbeat rounds, for lease accounting
+
 
 class RaftCore:
     """One Raft server's protocol state. Single-threaded; see the module docstring."""
@@ -390,7 +392,12 @@ class RaftCore:
         self.randomized_election_timeout = e + self.rng.randrange(e)
 
     def _promotable(self) -> bool:
-        return self.id in self.membership.voters
+        """May campaign: a voter in the latest configuration, or in the committed one (a
+        leader whose own removal never committed must be able to finish it, or a cluster of
+        two could wait for its vote forever)."""
+        if self.id in self.membership.voters:
+            return True
+        return self.id in self.membership_at(self.log.committed).voters
 
     def _in_lease(self) -> bool:
         """A voter that heard from a live leader recently refuses to help depose it.
@@ -647,6 +654,10 @@ class RaftCore:
     def _new_read_round(self) -> int:
         self.read_seq += 1
         self._read_seq_started[self.read_seq] = self.now
+        # Keep a bounded window: an ack for a round older than this only loses its lease
+        # contribution (conservative), never correctness.
+        if len(self._read_seq_started) > READ_ROUNDS_KEPT:
+            del self._read_seq_started[next(iter(self._read_seq_started))]
         return self.read_seq
 
     def _broadcast_heartbeat(self) -> None:
@@ -822,7 +833,7 @@ class RaftCore:
 
     def _register_read(self, request_id: int) -> None:
         index = self.log.committed
-        if len(self.membership.voters) <= 1 or (self.cfg.lease_reads and self.lease_valid()):
+        if self.membership.voters == {self.id} or (self.cfg.lease_reads and self.lease_valid()):
             self._read_states.append(ReadState(request_id, index))
             return
         if self._unsent_round and self._unsent_round == self.read_seq:
@@ -864,11 +875,6 @@ class RaftCore:
                 self._read_states.append(ReadState(request_id, index))
                 n += 1
             del self._reads_pending[:n]
-        if len(self._read_seq_started) > 256:
-            floor = min((p.read_ack for p in self.progress.values()), default=0)
-            floor = min(floor, self._reads_pending[0][2] if self._reads_pending else floor)
-            for s in [s for s in self._read_seq_started if s < floor]:
-                del self._read_seq_started[s]
 
     # ------------------------------------------------------------------ follower side
 

@@ -247,14 +247,18 @@ class Ready:
     def split_messages(self) -> tuple[list[Message], list[Message]]:
         """(messages that may leave before this Ready is persisted, those that must wait).
 
-        A leader's AppendEntries, InstallSnapshot and TimeoutNow, and pre-vote requests,
-        depend on nothing in this Ready: the leader's term and vote were persisted before it
-        campaigned, and the leader counts its own log only up to what is durable. Sending
+        When this Ready changes no term or vote, a leader's AppendEntries, InstallSnapshot
+        and TimeoutNow, and pre-vote requests, depend on nothing in it: their term is already
+        durable, and the leader counts its own log only up to what is durable. Sending
         them first overlaps the leader's fsync with its followers' (as etcd does). Responses
         and real vote requests must wait for the fsync.
         """
         early: list[Message] = []
         late: list[Message] = []
+        if self.hard_state is not None:
+            # A term or vote in this very Ready (e.g. a lone voter that campaigned and won in
+            # one step) is not durable yet: nothing may leave before it is.
+            return early, list(self.messages)
         for m in self.messages:
             if isinstance(m, AppendEntries | InstallSnapshot | TimeoutNow) or (
                 isinstance(m, RequestVote) and m.pre_vote

@@ -46,7 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m raft.sim", description=__doc__)
     parser.add_argument("--seeds", type=int, default=100, help="number of seeds to run")
     parser.add_argument("--seed-start", type=int, default=0, help="first seed")
-    parser.add_argument("--nodes", type=int, choices=(3, 5), default=3)
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        choices=range(1, 8),
+        default=3,
+        metavar="{3,5}",
+        help="cluster size (3 or 5; 1..7 accepted)",
+    )
     parser.add_argument("--steps", type=int, default=600, help="ticks of the fault phase per seed")
     parser.add_argument(
         "--bug", choices=BUGS, default=None, help="plant a known bug (the simulator must catch it)"

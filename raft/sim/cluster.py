@@ -300,7 +300,7 @@ class Checker:
 
     def __init__(self, cluster: SimCluster) -> None:
         self.cluster = cluster
-        self.leaders: dict[int, NodeId] = {}
+        self.leaders: dict[int, tuple[NodeId, int]] = {}  # term -> (node, incarnation)
         self.committed: dict[int, tuple[int, bytes]] = {}  # index -> (term, data)
         self.max_committed = 0
         self.appended: dict[tuple[int, int], tuple[bytes, int]] = {}  # (i,t) -> (data, prev t)
@@ -313,9 +313,13 @@ class Checker:
     def after_step(self, node: SimNode) -> None:
         core = node.core
         if core.role == Role.LEADER:
-            holder = self.leaders.setdefault(core.term, node.id)
-            if holder != node.id:
-                self.fail(f"two leaders in term {core.term}: {holder} and {node.id}")
+            me = (node.id, node.incarnation)
+            holder = self.leaders.setdefault(core.term, me)
+            if holder != me:
+                self.fail(
+                    f"two leaders in term {core.term}: {holder[0]} (incarnation "
+                    f"{holder[1]}) and {node.id} (incarnation {node.incarnation})"
+                )
             if node.completeness_checked_term != core.term:
                 node.completeness_checked_term = core.term
                 self.check_leader_completeness(node)
@@ -594,15 +598,22 @@ class SimCluster:
         if not leaders:
             return
         leader = max(leaders, key=lambda n: n.core.term)
-        members = leader.core.membership.ids
-        missing = sorted(set(self.nodes) - members)
+        membership = leader.core.membership
+        missing = sorted(set(self.nodes) - membership.ids)
+        nonvoters = sorted(membership.ids - membership.voters)
+        roll = self.rng.random()
 
         def change() -> None:
             try:
-                if missing:
-                    leader.core.add_voter(missing[0], missing[0])
-                else:
-                    victim = self.rng.choice(sorted(members))
+                if missing and (roll < 0.6 or len(membership.voters) <= 1):
+                    if roll < 0.15:
+                        leader.core.add_nonvoter(missing[0], missing[0])
+                    else:
+                        leader.core.add_voter(missing[0], missing[0])
+                elif nonvoters and roll < 0.8:
+                    leader.core.add_voter(nonvoters[0], nonvoters[0])
+                elif len(membership.voters) > 1:
+                    victim = self.rng.choice(sorted(membership.ids))
                     leader.core.remove_server(victim)
                 self.stats["membership_changes"] += 1
             except RaftError:

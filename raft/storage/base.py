@@ -78,3 +78,7 @@ class SnapshotStore(Protocol):
     def list(self) -> Sequence[SnapshotMeta]:
         """Complete snapshots, newest first."""
         ...
+
+    def protect(self, index: int, term: int) -> None:
+        """Exempt this snapshot from retention: the log store's snapshot row refers to it."""
+        ...

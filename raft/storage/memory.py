@@ -201,7 +201,12 @@ class MemorySnapshotStore:
         if retain < 1:
             raise ValueError("retain must be at least 1")
         self.retain = retain
+        self.protected: tuple[int, int] | None = None
         self._snaps: dict[tuple[int, int], _Stored] = {}
+
+    def protect(self, index: int, term: int) -> None:
+        """Never delete this snapshot by retention (the log store refers to it)."""
+        self.protected = (index, term)
 
     def create(self, meta: SnapshotMeta) -> MemorySnapshotSink:
         return MemorySnapshotSink(self, meta)
@@ -211,7 +216,7 @@ class MemorySnapshotStore:
         self._snaps[key] = stored
         ordered = sorted(self._snaps, reverse=True)
         for old in ordered[self.retain :]:
-            if old != key:
+            if old != key and old != self.protected:
                 del self._snaps[old]
 
     def latest(self) -> SnapshotMeta | None:

@@ -233,6 +233,7 @@ class FileSnapshotStore:
             raise ValueError("retain must be at least 1")
         self.directory = Path(directory)
         self.retain = retain
+        self.protected: tuple[int, int] | None = None
         self.directory.mkdir(parents=True, exist_ok=True)
         for leftover in self.directory.glob("snapshot-*.tmp"):
             with contextlib.suppress(FileNotFoundError):
@@ -240,6 +241,11 @@ class FileSnapshotStore:
 
     def path(self, index: int, term: int) -> Path:
         return self.directory / snapshot_name(index, term)
+
+    def protect(self, index: int, term: int) -> None:
+        """Never delete this snapshot by retention: the log store's snapshot row refers to it
+        (snapshots received and then ignored by Raft must not push it out)."""
+        self.protected = (index, term)
 
     def create(self, meta: SnapshotMeta) -> FileSnapshotSink:
         return FileSnapshotSink(self, meta)
@@ -279,6 +285,8 @@ class FileSnapshotStore:
     def _apply_retention(self, keep: Path) -> None:
         kept = {path for _, path in self._complete()[: self.retain]}
         kept.add(keep)
+        if self.protected is not None:
+            kept.add(self.path(*self.protected))
         for _, _, path in self._named():
             if path not in kept:
                 with contextlib.suppress(FileNotFoundError):

@@ -539,3 +539,64 @@ def test_core_refuses_input_between_ready_and_advance() -> None:
     with pytest.raises(RuntimeError, match="advance"):
         core.tick()
     core.advance(rd)
+
+
+# ---------------------------------------------------------------------------- regressions
+
+
+def test_lone_voter_sends_nothing_before_its_new_term_is_durable() -> None:
+    # A single voter campaigns and wins in one step: its AppendEntries for the new term must
+    # wait for the fsync of that term, or a crash could let it reuse the term differently.
+    h = Harness(2, voters=["n1"])
+    n1 = h.elect("n1")
+    n1.add_nonvoter("n2", "addr-n2")
+    h.stabilize()
+    core = h.start("n1")
+    core.campaign()
+    core.propose(b"X")
+    rd = core.ready()
+    assert rd.hard_state is not None
+    early, late = rd.split_messages()
+    assert early == [] and any(isinstance(m, AppendEntries) for m in late)
+    core.advance(rd)
+
+
+def test_leader_removing_itself_does_not_shortcut_read_index() -> None:
+    h = Harness(2)
+    a = h.elect("n1")
+    a.remove_server("n1")
+    h.process("n1")
+    h.deliver()
+    h.isolate("n1")
+    a.read_index(99)
+    h.process("n1")
+    assert h.reads["n1"] == []  # {n2} is not this node: a round is required
+
+
+def test_uncommitted_self_removal_cannot_stall_two_voters() -> None:
+    h = Harness(2)
+    b = h.elect("n2")
+    h.propose("n2", b"x")
+    h.stabilize()
+    h.isolate("n2")
+    b.remove_server("n2")
+    h.process("n2")
+    h.tick(4 * h.config.election_ticks)
+    assert b.role != Role.LEADER
+    h.heal()
+    h.tick(20 * h.config.election_ticks)
+    assert h.leaders(), "no leader after healing"
+    leader = h.nodes[h.leaders()[0]]
+    h.propose(leader.id, b"after")
+    h.stabilize()
+    h.tick(3)
+    assert any(e.data == b"after" for e in h.applied["n1"])
+
+
+def test_read_round_bookkeeping_is_bounded() -> None:
+    h = Harness(3)
+    leader = h.elect("n1")
+    h.isolate("n3")  # a down voter must not pin old rounds forever
+    h.tick(3000, nodes=["n1", "n2"])
+    assert leader.role == Role.LEADER
+    assert len(leader._read_seq_started) <= 1024

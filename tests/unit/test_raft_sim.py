@@ -95,7 +95,7 @@ def test_cli_summary_line_on_success() -> None:
 
 def test_cli_rejects_bad_arguments() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "raft.sim", "--nodes", "4"],
+        [sys.executable, "-m", "raft.sim", "--nodes", "9"],
         capture_output=True,
         text=True,
         timeout=60,
