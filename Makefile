@@ -57,8 +57,21 @@ lint: venv
 proto: venv
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. proto/*.proto
 
+# The benchmark's peer and load generator come from Debian: etcd-server (etcd) and wrk,
+# installed here when missing (as root). Extra arguments: BENCH_ARGS='--seconds 20 --json'.
 bench: venv
-	$(PY) bench/raft_bench.py
+	@missing=""; \
+	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
+	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	if [ -n "$$missing" ]; then \
+		echo "bench needs$$missing: installing with apt-get"; \
+		if [ "$$(id -u)" -ne 0 ]; then \
+			echo "not root: run 'apt-get install$$missing' as root, then retry" >&2; \
+			exit 1; \
+		fi; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+	$(PY) bench/raft_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis .benchmarks
