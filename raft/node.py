@@ -639,6 +639,8 @@ class RaftNode:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self._inbox.append(lambda core: core.snapshot_failed(msg.dst))
+            self._wake.set()
             log.warning(
                 "snapshot_send_failed",
                 node=self.id,

@@ -266,6 +266,15 @@ class RaftCore:
             self._send_append(target)
         return target
 
+    def snapshot_failed(self, node: NodeId) -> None:
+        """The driver could not deliver the snapshot to ``node``: retry after a couple of
+        heartbeats instead of waiting for ``snapshot_retry_ticks``."""
+        self._check_not_in_ready()
+        pr = self.progress.get(node)
+        if self.role == Role.LEADER and pr is not None and pr.state == ProgressState.SNAPSHOT:
+            soon = self.cfg.snapshot_retry_ticks - 2 * self.cfg.heartbeat_ticks
+            pr.snapshot_elapsed = max(pr.snapshot_elapsed, soon)
+
     def campaign(self) -> None:
         """Start an election now (skipping the timeout); used by tests and bootstrap."""
         self._check_not_in_ready()

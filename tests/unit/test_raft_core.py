@@ -600,3 +600,24 @@ def test_read_round_bookkeeping_is_bounded() -> None:
     h.tick(3000, nodes=["n1", "n2"])
     assert leader.role == Role.LEADER
     assert len(leader._read_seq_started) <= 1024
+
+
+def test_failed_snapshot_delivery_is_retried_soon() -> None:
+    h = Harness(3)
+    leader = h.elect("n1")
+    h.isolate("n3")
+    for i in range(30):
+        h.propose("n1", f"e{i}".encode())
+    h.stabilize()
+    applied = leader.log.applied
+    leader.compact(
+        SnapshotMeta(applied, leader.log.term(applied) or 0, leader.membership_at(applied)),
+        trailing=0,
+    )
+    h.tick(2, nodes=["n1", "n2"])
+    sent = [m for m in h.sent if isinstance(m, InstallSnapshot) and m.dst == "n3"]
+    assert len(sent) == 1
+    leader.snapshot_failed("n3")
+    h.tick(2 * h.config.heartbeat_ticks + 1, nodes=["n1", "n2"])
+    sent = [m for m in h.sent if isinstance(m, InstallSnapshot) and m.dst == "n3"]
+    assert len(sent) == 2
