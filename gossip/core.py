@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from gossip.memberlist import Output
 from gossip.messages import Ack, Message, Ping, PushPull
 
 
@@ -36,7 +35,8 @@ class GossipCore(Protocol):
 
     def merge_remote_state(self, remote: PushPull, now: float) -> None: ...
 
-    def take_outputs(self) -> list[Output]:
-        """Drain the outputs produced since the last call. Layers above may add their own
-        output types; the driver acts on the I/O ones and passes the rest on."""
+    def take_outputs(self) -> Sequence[object]:
+        """Drain the outputs produced since the last call: memberlist's I/O outputs
+        (``SendPacket``, ``OpenPushPull``, ``StreamPing``), which the driver performs, and any
+        other output type of the core or a layer above, which it passes to the application."""
         ...

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from gossip import wire
@@ -199,6 +199,8 @@ class Memberlist:
         self._next_pushpull = now + config.push_pull_interval * (1 + rng.random())
         self._next_reap = now + config.gossip_to_the_dead_time
         self._alive_count = 1
+        # The layer above (Serf) supplies its own state for push-pull exchanges.
+        self.user_state_provider: Callable[[], bytes] | None = None
 
     # ------------------------------------------------------------------ public inputs
 
@@ -276,7 +278,11 @@ class Memberlist:
         if ok:
             self._handle_ack(Ack(seq), now)
 
-    def local_state(self, join: bool = False, user_state: bytes = b"") -> PushPull:
+    def local_state(self, join: bool = False, user_state: bytes | None = None) -> PushPull:
+        """Our full state for push-pull; ``user_state`` defaults to what
+        ``user_state_provider`` (set by the layer above) returns."""
+        if user_state is None:
+            user_state = self.user_state_provider() if self.user_state_provider else b""
         nodes = tuple(
             PushNodeState(n.name, n.addr, n.meta, n.incarnation, n.state)
             for n in self.members.values()
@@ -295,7 +301,7 @@ class Memberlist:
             else:
                 self.suspect_node(Suspect(ns.incarnation, ns.name, self.name), now)
 
-    def join(self, addresses: Iterable[Address], user_state: bytes = b"") -> int:
+    def join(self, addresses: Iterable[Address], user_state: bytes | None = None) -> int:
         """Start a push-pull with each seed; the driver counts successes. Returns how many."""
         n = 0
         for addr in addresses:
@@ -310,6 +316,8 @@ class Memberlist:
         self.leaving = True
         me = self.members[self.name]
         dead = Dead(self.incarnation, self.name, self.name)
+        if me.state == MemberState.ALIVE:
+            self._alive_count -= 1
         me.state, me.state_change = MemberState.LEFT, now
         self.broadcasts.queue(dead, self.name)
         self._gossip(now)
@@ -462,6 +470,14 @@ class Memberlist:
         node = self.members.get(a.node)
         if a.node == self.name:
             me = self.members[self.name]
+            if a.addr != me.addr:
+                # Another member claims our name from another address.
+                self._outputs.append(
+                    MemberEvent(
+                        "conflict", Member(a.node, a.addr, a.meta, a.incarnation, MemberState.ALIVE)
+                    )
+                )
+                return
             if a.incarnation > self.incarnation or (
                 a.incarnation == self.incarnation and (a.addr, a.meta) != (me.addr, me.meta)
             ):

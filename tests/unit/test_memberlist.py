@@ -295,3 +295,13 @@ def test_memberlist_never_reads_the_clock() -> None:
     assert core.next_deadline() >= 1000.0
     core.tick(1e9)  # far future: timers fire, nothing breaks without members
     assert core.member("solo") is not None
+
+
+def test_another_member_claiming_our_name_is_a_conflict_not_a_refutation_war() -> None:
+    h = joined(3)
+    core = h.members["m1"].core
+    inc = core.incarnation
+    core.alive_node(Alive(inc + 5, "m1", ("10.9.9.9", 7946)), h.now)
+    outs = core.take_outputs()
+    assert any(getattr(o, "kind", None) == "conflict" for o in outs)
+    assert core.incarnation == inc
