@@ -31,9 +31,12 @@ incarnation never decreases; a dead or left member is forgotten after
 from __future__ import annotations
 
 import heapq
-import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import random
 
 from gossip import wire
 from gossip.awareness import Awareness

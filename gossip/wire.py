@@ -36,13 +36,16 @@ Streams
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 
 from gossip.keyring import ENCRYPTION_OVERHEAD
+
+if TYPE_CHECKING:
+    import asyncio
+
 from gossip.messages import (
     Ack,
     Address,
@@ -494,6 +497,9 @@ def encode_frame(payload: bytes) -> bytes:
 async def read_frame(
     reader: asyncio.StreamReader, max_bytes: int = DEFAULT_MAX_FRAME_BYTES
 ) -> bytes:
+    # Imported here: the cores import this module for sizes and must stay free of asyncio.
+    import asyncio
+
     """Read one frame's payload from ``reader``.
 
     Raises ``StreamClosed`` (a ``WireError``) if the stream ends before the frame starts,

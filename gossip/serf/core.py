@@ -38,11 +38,14 @@ import dataclasses
 import functools
 import heapq
 import math
-import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import random
 
 from gossip import wire
 from gossip.config import GossipConfig

@@ -23,8 +23,11 @@ Design choices (and why):
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import random
 
 from raft.core.config import CoreConfig
 from raft.core.log import RaftLog
