@@ -13,7 +13,7 @@ help:
 	@echo "make run    dev agent, HTTP API on 127.0.0.1:8500"
 	@echo "make test   create the venv if needed, install, run the whole test suite"
 	@echo "            (extra pytest arguments: PYTEST_ARGS='-k raft -x')"
-	@echo "make lint   ruff check, ruff format --check, mypy on raft/ and gossip/"
+	@echo "make lint   ruff check, ruff format --check, mypy (strict) on raft/, gossip/ and server/"
 	@echo "make proto  regenerate proto/*_pb2*.py from proto/*.proto"
 	@echo "make bench  run bench/raft_bench.py"
 	@echo "make venv   create .venv and install the project with its test and bench extras"
@@ -51,7 +51,7 @@ lint: venv
 	@status=0; \
 	echo "$(VENV)/bin/ruff check ."; $(VENV)/bin/ruff check . || status=1; \
 	echo "$(VENV)/bin/ruff format --check ."; $(VENV)/bin/ruff format --check . || status=1; \
-	echo "$(VENV)/bin/mypy raft gossip"; $(VENV)/bin/mypy raft gossip || status=1; \
+	echo "$(VENV)/bin/mypy raft gossip server"; $(VENV)/bin/mypy raft gossip server || status=1; \
 	exit $$status
 
 proto: venv
