@@ -409,7 +409,12 @@ class RaftCore:
         two could wait for its vote forever)."""
         if self.id in self.membership.voters:
             return True
-        return self.id in self.membership_at(self.log.committed).voters
+        if not self._configs or self.membership_index <= self.log.committed:
+            return False  # our removal is committed
+        # The latest configuration may be uncommitted (after a restart the commit index is
+        # not known yet). Changes go one at a time, so the one before it is committed.
+        previous = self._configs[-2][1] if len(self._configs) >= 2 else self.log.snapshot.membership
+        return self.id in previous.voters
 
     def _in_lease(self) -> bool:
         """A voter that heard from a live leader recently refuses to help depose it.

@@ -621,3 +621,20 @@ def test_failed_snapshot_delivery_is_retried_soon() -> None:
     h.tick(2 * h.config.heartbeat_ticks + 1, nodes=["n1", "n2"])
     sent = [m for m in h.sent if isinstance(m, InstallSnapshot) and m.dst == "n3"]
     assert len(sent) == 2
+
+
+def test_restarted_leader_with_uncommitted_self_removal_can_still_campaign() -> None:
+    # After a restart the commit index is unknown (0 here): the previous configuration is
+    # the committed one, since changes go one at a time.
+    h = Harness(2)
+    b = h.elect("n1")
+    h.propose("n1", b"x")
+    h.stabilize()
+    h.isolate("n1")
+    b.remove_server("n1")
+    h.process("n1")
+    restarted = h.start("n1")
+    assert restarted.log.committed < restarted.membership_index
+    h.heal()
+    h.tick(20 * h.config.election_ticks)
+    assert h.leaders(), "no leader: the two voters wait for each other"
