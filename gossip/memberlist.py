@@ -544,7 +544,7 @@ class Memberlist:
         node.state, node.state_change = MemberState.SUSPECT, now
         self.stats.suspicions += 1
         self.broadcasts.queue(s, s.node)
-        n = self.num_members()
+        n = self._estimated_nodes()
         k = self.cfg.suspicion_mult - 2 if self.cfg.lifeguard else 0
         if n - 2 < k:
             k = 0
@@ -589,8 +589,14 @@ class Memberlist:
 
     # ------------------------------------------------------------------ dissemination
 
+    def _estimated_nodes(self) -> int:
+        """Every member we know, dead and left ones included until reaped (memberlist's
+        estimate for retransmit limits and suspicion timeouts: counting only live members
+        would shrink them right when a failure needs them)."""
+        return len(self.members)
+
     def _limit(self) -> int:
-        return retransmit_limit(self.cfg.retransmit_mult, self.num_members())
+        return retransmit_limit(self.cfg.retransmit_mult, self._estimated_nodes())
 
     def _send(self, addr: Address, first: list[Message], piggyback: bool = True) -> None:
         messages = list(first)

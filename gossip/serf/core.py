@@ -918,10 +918,12 @@ class Serf:
             self.query_clock.witness(pp.query_ltime - 1)
         status = dict(pp.status_ltimes)
         left = set(pp.left_members)
-        # Left members first; we lack their leave's time, but it came after their status
-        # time (or they would not be on the list), so one past it orders it right.
+        # Left members first, as leave intents stamped with the peer's status time for them:
+        # newer than ours means a leave we missed; equal or older is news we already have (a
+        # join intent the peer saw while its memberlist still had the member left must not
+        # turn into a fresh leave here, or a rejoined member would stay "leaving").
         for name in pp.left_members:
-            self._handle_leave_intent(sm.LeaveIntent(status.get(name, 0) + 1, name), now)
+            self._handle_leave_intent(sm.LeaveIntent(status.get(name, 0), name), now)
         for name, ltime in pp.status_ltimes:
             if name not in left:
                 self._handle_join_intent(sm.JoinIntent(ltime, name), now)

@@ -869,3 +869,31 @@ def test_hostile_user_messages_are_counted_and_dropped() -> None:
     assert c["a"].serf.members() == before
     c.run_for(5)
     assert c.all_see("a", MemberStatus.ALIVE)
+
+
+def test_rejoined_member_is_not_stuck_leaving_after_a_push_pull() -> None:
+    # A peer saw the rejoin's join intent while its memberlist still had the member left; its
+    # push-pull lists the member as left with that same status time: not a new leave.
+    import random as _random
+
+    from gossip.config import default_local_config
+    from gossip.messages import Alive, Dead, MemberState, PushNodeState, PushPull, UserMsg
+    from gossip.serf import Serf, SerfConfig
+    from gossip.serf import messages as sm
+
+    x = Serf(SerfConfig(), default_local_config("x", ("10.0.0.1", 1)), _random.Random(1), 0.0, {})
+    r_addr = ("10.0.0.3", 1)
+    x.handle_packet([Alive(0, "r", r_addr, sm.encode_tags({}))], 1.0)
+    x.handle_packet([UserMsg(sm.encode(sm.LeaveIntent(3, "r")))], 2.0)
+    x.handle_packet([Dead(0, "r", "r")], 2.1)
+    x.handle_packet([Alive(1, "r", r_addr, sm.encode_tags({}))], 3.0)
+    x.handle_packet([UserMsg(sm.encode(sm.JoinIntent(5, "r")))], 3.1)
+    peer_state = sm.PushPullState(6, (("y", 1), ("r", 5)), ("r",), 0, (), 0)
+    pp = PushPull(
+        False,
+        (PushNodeState("r", r_addr, sm.encode_tags({}), 1, MemberState.ALIVE),),
+        sm.encode(peer_state),
+    )
+    x.merge_remote_state(pp, 4.0)
+    member = x.member("r")
+    assert member is not None and member.status.name == "ALIVE"
