@@ -2,12 +2,14 @@
 
     python -m gossip.demo --name N --bind 127.0.0.1:PORT [--join HOST:PORT,...]
                           [--encrypt KEY_B64] [--config local|lan|wan] [--core serf|memberlist]
+                          [--snapshot PATH]
 
 It runs a ``GossipNode`` (a ``Serf`` core by default, or a bare ``Memberlist``) over a
 ``NetTransport`` and prints one JSON object per line on stdout:
 
     {"ready": "n1", "addr": "127.0.0.1:7946"}              listening (printed before joining)
-    {"joined": 1} / {"join_error": "..."}                  outcome of --join
+    {"joined": 1} / {"join_error": "..."}                  outcome of --join (or of a rejoin)
+    {"rejoining": ["127.0.0.1:7947", ...]}                 no --join: rejoining the snapshot's members
     {"event": "member-join", "name": "n2", "addr": "127.0.0.1:7947", "status": "alive"}
         (also member-leave, member-failed, member-update, member-reap, member-conflict)
     {"event": "user", "name": "deploy", "payload": "v1", "ltime": 3}
@@ -65,6 +67,7 @@ from gossip.serf import (
     SerfConfig,
     UserEvent,
 )
+from gossip.serf import snapshot as serf_snapshot
 from gossip.transport import NetTransport, TransportError
 
 CONFIGS: dict[str, Callable[[str, Address], GossipConfig]] = {
@@ -177,7 +180,12 @@ class Agent:
             emit({"event": "query-response", "from": ev.source, "payload": _text(ev.payload)})
         elif isinstance(ev, QueryDone):
             emit({"event": "query-done", "acks": list(ev.acks), "responses": list(ev.responses)})
-        # Snapshot records: this agent keeps no snapshot file.
+        elif isinstance(ev, SnapshotRecordTypes) and self.args.snapshot:
+            # Serf's snapshot: a restarted agent rejoins the members it knew.
+            try:
+                serf_snapshot.append_records(self.args.snapshot, [ev])
+            except OSError as exc:
+                emit({"error": f"snapshot: {exc}"})
 
     async def _respond(self, q: Query) -> None:
         assert self.node is not None
@@ -268,8 +276,14 @@ class Agent:
         cfg = template.replace(advertise=advertise)
         rng = random.Random()
         core: Serf | Memberlist
+        previous: list[Address] = []
         if args.core == "serf":
-            core = Serf(SerfConfig(), cfg, rng, time.monotonic(), {})
+            state = serf_snapshot.load(args.snapshot) if args.snapshot else None
+            serf = Serf(SerfConfig(), cfg, rng, time.monotonic(), {}, snapshot=state)
+            previous = [a for a in serf.previous_members() if a != advertise]
+            if state is not None and args.snapshot:
+                serf_snapshot.rewrite(args.snapshot, state)  # compact what we replayed
+            core = serf
         else:
             core = Memberlist(cfg, rng, time.monotonic())
         node: GossipNode[Any] = GossipNode(core, transport, keyring, on_event=self.on_event)
@@ -286,6 +300,9 @@ class Agent:
         if args.join:
             seeds = [parse_address(a) for a in args.join.split(",") if a.strip()]
             self._spawn(self.join(seeds, args.join_attempts))
+        elif previous:
+            emit({"rejoining": [format_address(a) for a in previous]})
+            self._spawn(self.join(previous, args.join_attempts))
         self._spawn(self._commands(lines))
         await self.done.wait()
         await node.stop()
@@ -302,6 +319,14 @@ class Agent:
                     await self.leave()
                 return
             await self.command(line)
+
+
+SnapshotRecordTypes = (
+    serf_snapshot.SnapshotAlive,
+    serf_snapshot.SnapshotNotAlive,
+    serf_snapshot.SnapshotClocks,
+    serf_snapshot.SnapshotLeave,
+)
 
 
 def _read_stdin(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]) -> None:
@@ -325,6 +350,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", choices=sorted(CONFIGS), default="local")
     p.add_argument("--core", choices=("serf", "memberlist"), default="serf")
     p.add_argument("--exit-on-eof", action="store_true", help="leave when stdin ends")
+    p.add_argument(
+        "--snapshot",
+        default="",
+        help="Serf snapshot file: members and clocks survive a restart (rejoined without --join)",
+    )
     return p
 
 

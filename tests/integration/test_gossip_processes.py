@@ -101,7 +101,9 @@ class Agent:
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    async def start(self, join: list[str], procs: list[asyncio.subprocess.Process]) -> None:
+    async def start(
+        self, join: list[str], procs: list[asyncio.subprocess.Process], extra: tuple[str, ...] = ()
+    ) -> None:
         assert not self.running, f"{self.name} is running already"
         self.runs += 1
         self.lines = []
@@ -121,6 +123,7 @@ class Agent:
         ]
         if join:
             args += ["--join", ",".join(join), "--join-attempts", "3"]
+        args += list(extra)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / f"{self.name}.run{self.runs}.stderr").open("wb") as err:
             self.proc = await asyncio.create_subprocess_exec(
@@ -321,9 +324,6 @@ async def test_ten_agents(cluster: Cluster) -> None:
     assert line.get("joined") == 1, line
     live = [*stayers, leaver]
     want = {a.name: "alive" for a in live}
-    # Known core failure mode (reported): a member that got the rejoined agent's join intent
-    # while it still had it as left lists it as left, with the join's time, in push-pull; a
-    # receiver then synthesizes a leave one tick later and shows it "leaving" for good.
     await cluster.converge(live, want, CONVERGE_TIMEOUT)
     # (The restarted agent never hears of the failed one: push-pull state reports deaths only
     # as suspicions, and nobody suspects a member it does not know. As in memberlist.)
@@ -363,3 +363,24 @@ async def test_ten_agents(cluster: Cluster) -> None:
     for a in live:
         stats = await a.stats()
         assert stats["core_errors"] == 0 and stats["event_errors"] == 0, (a.name, stats)
+
+
+async def test_restarted_agent_rejoins_from_its_snapshot(cluster: Cluster) -> None:
+    """Serf's snapshot file: an agent restarted without --join rejoins the members it knew."""
+    a, b, c = cluster.agents[:3]
+    snap = str(cluster.root / "c.snapshot")
+    await cluster.start(a)
+    await cluster.start(b)
+    await c.start([a.addr], cluster.procs, ("--snapshot", snap))
+    await c.wait_line(lambda o: o.get("joined") == 1, 15.0, what="join")
+    trio = {x.name: "alive" for x in (a, b, c)}
+    await cluster.converge([a, b, c], trio, CONVERGE_TIMEOUT)
+    c.signal(signal.SIGKILL)
+    await c.wait_exit(10.0)
+    # Restart with the snapshot and no --join: it must find a and b by itself.
+    await c.start([], cluster.procs, ("--snapshot", snap))
+    _, rejoin = await c.wait_line(lambda o: "rejoining" in o, 20.0, what="rejoining line")
+    assert set(rejoin["rejoining"]) >= {a.addr, b.addr} - {c.addr}
+    _, joined = await c.wait_line(lambda o: "joined" in o or "join_error" in o, 15.0)
+    assert joined.get("joined", 0) >= 1, joined
+    await cluster.converge([a, b, c], trio, CONVERGE_TIMEOUT)
