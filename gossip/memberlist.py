@@ -202,6 +202,9 @@ class Memberlist:
         self._next_pushpull = now + config.push_pull_interval * (1 + rng.random())
         self._next_reap = now + config.gossip_to_the_dead_time
         self._alive_count = 1
+        self._candidates: list[_Node] | None = None  # gossip targets; see _gossip_candidates
+        self._candidates_until = 0.0
+        self._suspicion_heap: list[tuple[float, str]] = []  # (deadline, name), lazily pruned
         # The layer above (Serf) supplies its own state for push-pull exchanges.
         self.user_state_provider: Callable[[], bytes] | None = None
 
@@ -219,9 +222,21 @@ class Memberlist:
             )
         if self._relay_deadlines:
             candidates.append(self._relay_deadlines[0][0])
-        if self._suspicions:
-            candidates.append(min(s.deadline for s in self._suspicions.values()))
+        deadline = self._next_suspicion_deadline()
+        if deadline is not None:
+            candidates.append(deadline)
         return min(candidates)
+
+    def _next_suspicion_deadline(self) -> float | None:
+        """The earliest live suspicion deadline (stale heap entries are dropped here)."""
+        heap = self._suspicion_heap
+        while heap:
+            deadline, name = heap[0]
+            suspicion = self._suspicions.get(name)
+            if suspicion is not None and suspicion.deadline == deadline:
+                return deadline
+            heapq.heappop(heap)
+        return None
 
     def tick(self, now: float) -> None:
         """Run every timer that is due at ``now``."""
@@ -231,7 +246,8 @@ class Memberlist:
             relay = self._relays.pop(seq, None)
             if relay is not None and not relay.done and relay.nack:
                 self._send(relay.requester, [Nack(relay.origin_seq)], piggyback=False)
-        for name in [n for n, s in self._suspicions.items() if s.deadline <= now]:
+        while (deadline := self._next_suspicion_deadline()) is not None and deadline <= now:
+            _, name = heapq.heappop(self._suspicion_heap)
             self._suspicion_expired(name, now)
         if now >= self._next_probe:
             if self.leaving:
@@ -321,6 +337,7 @@ class Memberlist:
         dead = Dead(self.incarnation, self.name, self.name)
         if me.state == MemberState.ALIVE:
             self._alive_count -= 1
+            self._members_changed()
         me.state, me.state_change = MemberState.LEFT, now
         self.broadcasts.queue(dead, self.name)
         self._gossip(now)
@@ -490,6 +507,7 @@ class Memberlist:
             node = _Node(a.node, a.addr, a.meta, a.incarnation, MemberState.ALIVE, now)
             self.members[a.node] = node
             self._alive_count += 1
+            self._members_changed()
             # Put it at a random place in the probe order so new members are probed soon.
             self._probe_order.insert(
                 self.rng.randint(self._probe_index, len(self._probe_order)), a.node
@@ -519,6 +537,7 @@ class Memberlist:
             node.state, node.state_change = MemberState.ALIVE, now
             if was in (MemberState.DEAD, MemberState.LEFT):
                 self._alive_count += 1
+                self._members_changed()
         self.broadcasts.queue(a, a.node)
         if was in (MemberState.DEAD, MemberState.LEFT):
             self._outputs.append(MemberEvent("join", node.public()))
@@ -536,6 +555,7 @@ class Memberlist:
         suspicion = self._suspicions.get(s.node)
         if suspicion is not None and node.state == MemberState.SUSPECT:
             if suspicion.confirm(s.source):
+                heapq.heappush(self._suspicion_heap, (suspicion.deadline, s.node))
                 self.broadcasts.queue(s, s.node)  # pass the confirmation on
             return
         if node.state != MemberState.ALIVE:
@@ -550,7 +570,9 @@ class Memberlist:
             k = 0
         min_t = suspicion_timeout(self.cfg.suspicion_mult, n, self.cfg.probe_interval)
         max_t = self.cfg.suspicion_max_timeout_mult * min_t if self.cfg.lifeguard else min_t
-        self._suspicions[s.node] = Suspicion(s.source, k, min_t, max_t, now)
+        suspicion = Suspicion(s.source, k, min_t, max_t, now)
+        self._suspicions[s.node] = suspicion
+        heapq.heappush(self._suspicion_heap, (suspicion.deadline, s.node))
 
     def _suspicion_expired(self, name: str, now: float) -> None:
         self._suspicions.pop(name, None)
@@ -573,6 +595,7 @@ class Memberlist:
         node.state = MemberState.LEFT if d.source == d.node else MemberState.DEAD
         node.state_change = now
         self._alive_count -= 1
+        self._members_changed()
         self.stats.deaths += 1
         self.broadcasts.queue(d, d.node)
         self._outputs.append(MemberEvent("leave", node.public()))
@@ -613,15 +636,7 @@ class Memberlist:
     def _gossip(self, now: float) -> None:
         if not len(self.broadcasts):
             return
-        window = self.cfg.gossip_to_the_dead_time
-        candidates = [
-            n
-            for n in self.members.values()
-            if n.name != self.name
-            and (
-                n.state in (MemberState.ALIVE, MemberState.SUSPECT) or now - n.state_change < window
-            )
-        ]
+        candidates = self._gossip_candidates(now)
         if not candidates:
             return
         for node in self.rng.sample(candidates, min(self.cfg.gossip_nodes, len(candidates))):
@@ -630,6 +645,29 @@ class Memberlist:
                 return
             self.stats.packets_sent += 1
             self._outputs.append(SendPacket(node.addr, tuple(msgs)))
+
+    def _gossip_candidates(self, now: float) -> list[_Node]:
+        """Members to gossip to: alive or suspect, or dead for less than
+        gossip_to_the_dead_time. Cached until membership changes or a dead member ages out,
+        so a gossip round is not O(members)."""
+        if self._candidates is not None and now < self._candidates_until:
+            return self._candidates
+        window = self.cfg.gossip_to_the_dead_time
+        until = float("inf")
+        out = []
+        for n in self.members.values():
+            if n.name == self.name:
+                continue
+            if n.state in (MemberState.ALIVE, MemberState.SUSPECT):
+                out.append(n)
+            elif now - n.state_change < window:
+                out.append(n)
+                until = min(until, n.state_change + window)
+        self._candidates, self._candidates_until = out, until
+        return out
+
+    def _members_changed(self) -> None:
+        self._candidates = None
 
     def _periodic_pushpull(self) -> None:
         candidates = [
@@ -649,3 +687,4 @@ class Memberlist:
             and now - n.state_change >= window
         ]:
             del self.members[name]
+            self._members_changed()
