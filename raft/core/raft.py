@@ -691,19 +691,24 @@ class RaftCore:
                     pr.become_probe()
                     self._send_append(node)
                 continue
-            self._send(
-                AppendEntries(
-                    self.id,
-                    node,
-                    self.term,
-                    pr.match,
-                    prev_term,
-                    (),
-                    min(self.log.committed, pr.match),
-                    seq,
-                )
+            self._send_heartbeat(node, pr, prev_term, seq)
+
+    def _send_heartbeat(self, node: NodeId, pr: Progress, prev_term: int, seq: int) -> None:
+        """An empty AppendEntries at the follower's known match: it resets the follower's
+        election timer, carries the commit index it can apply, and confirms round ``seq``."""
+        self._send(
+            AppendEntries(
+                self.id,
+                node,
+                self.term,
+                pr.match,
+                prev_term,
+                (),
+                min(self.log.committed, pr.match),
+                seq,
             )
-            self.stats["heartbeats_sent"] += 1
+        )
+        self.stats["heartbeats_sent"] += 1
 
     def _send_append(self, node: NodeId) -> None:
         """Send as many AppendEntries to ``node`` as flow control allows."""
@@ -861,18 +866,7 @@ class RaftCore:
             for node, pr in self.progress.items():
                 prev_term = self.log.term(pr.match)
                 if prev_term is not None:
-                    self._send(
-                        AppendEntries(
-                            self.id,
-                            node,
-                            self.term,
-                            pr.match,
-                            prev_term,
-                            (),
-                            min(self.log.committed, pr.match),
-                            seq,
-                        )
-                    )
+                    self._send_heartbeat(node, pr, prev_term, seq)
         self._reads_pending.append((request_id, index, seq))
 
     def _note_read_ack(self, node: NodeId, pr: Progress, seq: int) -> None:
