@@ -70,6 +70,11 @@ class StateMachine(Protocol):
         ...
 
 
+class FatalApplyError(Exception):
+    """Raised by a state machine that cannot apply a committed entry (e.g. an unknown command
+    type): applying past it would make this replica diverge, so the node stops instead."""
+
+
 class ProposalDropped(RaftError):
     """Another entry was committed at the proposal's index: it will never apply."""
 
@@ -457,6 +462,11 @@ class RaftNode:
             if entry.kind == EntryKind.NORMAL:
                 try:
                     result = self.fsm.apply(entry.index, entry.data)
+                except FatalApplyError as exc:
+                    log.critical("fsm_apply_fatal", node=self.id, index=entry.index, error=str(exc))
+                    self._stopping = True
+                    self._fail_all(NodeStopped(f"stopped: cannot apply entry {entry.index}"))
+                    raise
                 except Exception as exc:  # the FSM's own error goes to the proposer
                     result = exc
             elif entry.kind == EntryKind.CONFIG:

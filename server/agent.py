@@ -1,6 +1,7 @@
-"""The agent process. Today: the ``-dev`` server — one in-memory Raft server that elects itself
-and serves the status endpoints of the HTTP API. The catalog, KV, sessions and the rest of the
-API arrive with the server-agent issue.
+"""The agent process. Today: the ``-dev`` server — one in-memory Raft server that elects itself,
+applies commands to the state store (``server.fsm.ConsulFSM``) and serves the status and KV
+endpoints of the HTTP API. The catalog, sessions and the rest of the API arrive with the
+server-agent issue.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import contextlib
 import signal
 import socket
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -20,6 +20,8 @@ from raft.node import RaftNode
 from raft.storage.memory import MemorySnapshotStore, MemoryStorage
 from raft.timing import Timing
 from raft.transport.grpc import GrpcTransport
+from server.fsm import ConsulFSM
+from server.http_kv import KVEndpoint, register_kv_routes
 
 log = structlog.get_logger("agent")
 
@@ -39,25 +41,13 @@ class AgentConfig:
         return f"{self.bind_addr}:{self.server_port}"
 
 
-class NullStateMachine:
-    """Placeholder FSM until the state store lands: applies nothing, snapshots nothing."""
-
-    def apply(self, index: int, command: bytes) -> Any:
-        return None
-
-    def snapshot(self) -> bytes:
-        return b""
-
-    def restore(self, data: bytes) -> None:
-        return None
-
-
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
+        self.fsm = ConsulFSM()
         self.raft = RaftNode(
             config.node_name,
-            fsm=NullStateMachine(),
+            fsm=self.fsm,
             storage=MemoryStorage(),
             snapshots=MemorySnapshotStore(),
             transport=GrpcTransport(config.node_name, config.server_address),
@@ -65,6 +55,7 @@ class Agent:
             timing=Timing(raft_multiplier=1),
         )
         self._runner: web.AppRunner | None = None
+        self._kv: KVEndpoint | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -73,7 +64,9 @@ class Agent:
         app = web.Application()
         app.router.add_get("/v1/status/leader", self.status_leader)
         app.router.add_get("/v1/status/peers", self.status_peers)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._kv = register_kv_routes(app, self.fsm, self.raft)
+        # Blocking queries are woken by stop(); the timeout only bounds other slow requests.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, cfg.client_addr, cfg.http_port).start()
         log.info(
@@ -85,6 +78,8 @@ class Agent:
         )
 
     async def stop(self) -> None:
+        if self._kv is not None:
+            self._kv.close()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.raft.stop()
