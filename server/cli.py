@@ -113,6 +113,8 @@ def _cmd_agent(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.server_port == 0:
+        args.server_port = _free_port(args.client)  # 0: any free port, as for a listener
     for flag, port in (("-http-port", args.http_port), ("-server-port", args.server_port)):
         if not 0 < port < 65536:
             print(f"proconsul agent: {flag}={port} is not a valid port", file=sys.stderr)
@@ -135,6 +137,15 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         print(f"proconsul agent: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _cmd_version(args: argparse.Namespace) -> int:

@@ -75,3 +75,28 @@ def test_bad_port_is_a_clear_error() -> None:
     )
     assert proc.returncode == 1
     assert "-http-port=70000" in proc.stderr
+
+
+def test_server_port_zero_picks_a_free_port(tmp_path: Path) -> None:
+    http = free_port()
+    log = (tmp_path / "agent.log").open("wb")
+    proc = subprocess.Popen(
+        [*proconsul(), "agent", "-dev", "-http-port", str(http), "-server-port", "0"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        leader: object = ""
+        while time.monotonic() < deadline and not leader:
+            try:
+                leader = get_json(f"http://127.0.0.1:{http}/v1/status/leader")
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert isinstance(leader, str) and leader.startswith("127.0.0.1:")
+        assert int(leader.rsplit(":", 1)[1]) > 0
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        log.close()
