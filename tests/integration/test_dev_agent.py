@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -89,10 +90,8 @@ def test_server_port_zero_picks_a_free_port(tmp_path: Path) -> None:
         deadline = time.monotonic() + 20
         leader: object = ""
         while time.monotonic() < deadline and not leader:
-            try:
+            with contextlib.suppress(OSError):
                 leader = get_json(f"http://127.0.0.1:{http}/v1/status/leader")
-            except OSError:
-                pass
             time.sleep(0.1)
         assert isinstance(leader, str) and leader.startswith("127.0.0.1:")
         assert int(leader.rsplit(":", 1)[1]) > 0
