@@ -62,6 +62,7 @@ class Agent:
         await self.raft.bootstrap(Membership((Server(cfg.node_name, cfg.server_address),)))
         await self.raft.start()
         app = web.Application()
+        app.router.add_get("/", self.root)
         app.router.add_get("/v1/status/leader", self.status_leader)
         app.router.add_get("/v1/status/peers", self.status_peers)
         self._kv = register_kv_routes(app, self.fsm, self.raft)
@@ -88,6 +89,11 @@ class Agent:
     async def status_leader(self, request: web.Request) -> web.Response:
         # Consul answers the leader's server RPC address as a JSON string, "" when none.
         return web.json_response(self.raft.leader_address() or "")
+
+    async def root(self, request: web.Request) -> web.Response:
+        # Clients and load balancers use "/" as a health URL: any 200 will do (Consul
+        # serves its UI or a short text there).
+        return web.Response(text="Consul Agent: Proconsul\n")
 
     async def status_peers(self, request: web.Request) -> web.Response:
         voters = self.raft.membership.voters

@@ -56,6 +56,8 @@ def test_dev_agent_elects_itself_and_answers_status(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert leader == f"127.0.0.1:{rpc}"
         assert get_json(f"http://127.0.0.1:{http}/v1/status/peers") == [f"127.0.0.1:{rpc}"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/", timeout=2) as resp:
+            assert resp.status == 200  # a health URL for clients
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
