@@ -45,12 +45,13 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 
 from gossip import wire
 from gossip.config import GossipConfig
+from gossip.core import GossipCore
 from gossip.keyring import VERSION as SEALED_VERSION
 from gossip.keyring import DecryptError, Keyring
 from gossip.memberlist import Memberlist, OpenPushPull, SendPacket, StreamPing
@@ -59,7 +60,6 @@ from gossip.serf import QueryId, Serf, SerfState
 from gossip.transport.base import GossipTransport, StreamClosed, StreamConn, StreamError
 
 __all__ = [
-    "DriverCore",
     "GossipNode",
     "GossipNodeError",
     "JoinError",
@@ -74,29 +74,7 @@ _SEALED_FIRST = bytes((SEALED_VERSION,))
 _BATCH = 256  # inbox items handled before the loop checks its timers and yields
 
 
-class DriverCore(Protocol):
-    """What the driver needs of a core: ``gossip.core.GossipCore`` with a covariant
-    ``take_outputs`` (``GossipCore`` declares ``list[Output]``, which ``Serf`` with its wider
-    output union cannot satisfy because ``list`` is invariant)."""
-
-    def tick(self, now: float) -> None: ...
-
-    def next_deadline(self) -> float: ...
-
-    def handle_packet(self, messages: Sequence[Message], now: float) -> None: ...
-
-    def handle_stream_ping(self, ping: Ping) -> Ack | None: ...
-
-    def stream_ping_result(self, seq: int, ok: bool, now: float) -> None: ...
-
-    def local_state(self, join: bool = False) -> PushPull: ...
-
-    def merge_remote_state(self, remote: PushPull, now: float) -> None: ...
-
-    def take_outputs(self) -> Sequence[object]: ...
-
-
-C = TypeVar("C", bound=DriverCore)
+C = TypeVar("C", bound=GossipCore)
 T = TypeVar("T")
 
 
