@@ -488,23 +488,9 @@ class RaftNode:
 
     def _release_waiters(self, applied: int) -> None:
         if self._reads_confirmed:
-            keep = []
-            for index, fut in self._reads_confirmed:
-                if index <= applied:
-                    if not fut.done():
-                        fut.set_result(None)
-                else:
-                    keep.append((index, fut))
-            self._reads_confirmed = keep
+            self._reads_confirmed = _release_upto(self._reads_confirmed, applied)
         if self._applied_waiters:
-            keep = []
-            for index, fut in self._applied_waiters:
-                if index <= applied:
-                    if not fut.done():
-                        fut.set_result(None)
-                else:
-                    keep.append((index, fut))
-            self._applied_waiters = keep
+            self._applied_waiters = _release_upto(self._applied_waiters, applied)
 
     def _note_role(self, rd: Ready) -> None:
         if (rd.role, rd.leader_id, rd.term) == (self._role, self._leader, self._term):
@@ -658,3 +644,16 @@ class RaftNode:
                 index=msg.meta.index,
                 error=str(exc),
             )
+
+
+def _release_upto(
+    waiters: list[tuple[int, asyncio.Future[None]]], applied: int
+) -> list[tuple[int, asyncio.Future[None]]]:
+    """Resolve the waiters whose index is applied; return the others."""
+    keep = []
+    for index, fut in waiters:
+        if index > applied:
+            keep.append((index, fut))
+        elif not fut.done():
+            fut.set_result(None)
+    return keep
