@@ -104,7 +104,8 @@ def _build_parser() -> argparse.ArgumentParser:
 def _cmd_agent(args: argparse.Namespace) -> int:
     import asyncio
 
-    from server.agent import AgentConfig, default_node_name, run_agent
+    from server.agent import default_node_name, run_agent
+    from server.config.runtime import RuntimeConfig
     from server.logging import configure
 
     if not args.dev:
@@ -124,12 +125,16 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"proconsul agent: {exc}", file=sys.stderr)
         return 1
-    config = AgentConfig(
+    config = RuntimeConfig(
         node_name=args.node or default_node_name(),
         datacenter=args.datacenter,
         client_addr=args.client,
+        bind_addr="127.0.0.1",
         http_port=args.http_port,
         server_port=args.server_port,
+        dev=True,
+        server=True,
+        raft_multiplier=1,
     )
     try:
         asyncio.run(run_agent(config))

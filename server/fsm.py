@@ -26,12 +26,13 @@ the proposer).
 from __future__ import annotations
 
 import base64
-from enum import IntEnum
+import time
 from typing import Any
 
 import orjson
 
 from raft.node import FatalApplyError
+from server.commands.types import MessageType
 from server.state import DirEntry, StateStore
 
 __all__ = [
@@ -45,15 +46,6 @@ __all__ = [
     "encode_entry",
     "encode_kvs",
 ]
-
-
-class MessageType(IntEnum):
-    """Raft command types. Append-only; numbers follow Consul's ``structs.MessageType``."""
-
-    REGISTER = 0
-    DEREGISTER = 1
-    KVS = 2
-    SESSION = 3
 
 
 KVS_OPS = frozenset({"set", "cas", "delete", "delete-cas", "delete-tree", "lock", "unlock"})
@@ -124,11 +116,23 @@ class ConsulFSM:
     def __init__(self, store: StateStore | None = None) -> None:
         self.store = store if store is not None else StateStore()
 
+    @staticmethod
+    def now() -> float:
+        """The clock lock delays count in (monotonic seconds; not replicated state)."""
+        return time.monotonic()
+
     def apply(self, index: int, command: bytes) -> Any:
         kind, body = decode_command(command)
         if kind == MessageType.KVS:
             return self._apply_kvs(index, body)
-        raise UnknownCommandError(f"command type {kind.name} ({int(kind)}) is not supported yet")
+        from server.commands import HANDLERS  # late: command modules import this one
+
+        handler = HANDLERS.get(kind)
+        if handler is None:
+            raise UnknownCommandError(
+                f"command type {kind.name} ({int(kind)}) is not supported yet"
+            )
+        return handler(self, index, body)
 
     def _apply_kvs(self, index: int, body: Any) -> bool:
         if not isinstance(body, dict):

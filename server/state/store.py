@@ -44,8 +44,13 @@ from typing import Any
 
 import orjson
 
+from server.state.catalog import CatalogTable
+from server.state.config_entries import ConfigEntryTable
+from server.state.connect_ca import ConnectCATable
+from server.state.coordinates import CoordinateTable
 from server.state.graveyard import TABLE_TOMBSTONES, Graveyard, Tombstone
 from server.state.kvs import TABLE_KVS, DirEntry, KVTable, LockDelay, StateError
+from server.state.prepared_queries import PreparedQueryTable
 from server.state.sessions import (
     TABLE_SESSIONS,
     CheckStatus,
@@ -54,6 +59,8 @@ from server.state.sessions import (
     Session,
     SessionTable,
 )
+from server.state.system import SystemTable
+from server.state.tables import StateTable
 from server.state.watch import (
     ChannelMap,
     WatchChannel,
@@ -184,14 +191,6 @@ class IndexTable:
             self._max.pop(table, None)
 
 
-def _always_exists(node: str) -> bool:
-    return True
-
-
-def _always_passing(node: str, check_id: str) -> str | None:
-    return "passing"
-
-
 class StateStore:
     """The server's state: KV entries, tombstones and sessions (more tables to come).
 
@@ -203,14 +202,31 @@ class StateStore:
     def __init__(
         self,
         *,
-        node_exists: NodeExists = _always_exists,
-        check_status: CheckStatus = _always_passing,
+        node_exists: NodeExists | None = None,
+        check_status: CheckStatus | None = None,
         tombstone_hint: Callable[[int], None] | None = None,
     ) -> None:
-        self._node_exists = node_exists
-        self._check_status = check_status
         self._tombstone_hint = tombstone_hint
         self._indexes = IndexTable()
+        # The tables beyond KV and sessions, one module each (see ``server.state.tables``);
+        # endpoints use them directly: ``store.catalog.<read>(ws, ...)``.
+        self.catalog = CatalogTable(self._indexes)
+        self.coordinates = CoordinateTable(self._indexes)
+        self.config_entries = ConfigEntryTable(self._indexes)
+        self.prepared_queries = PreparedQueryTable(self._indexes)
+        self.connect_ca = ConnectCATable(self._indexes)
+        self.system = SystemTable(self._indexes)
+        self._tables: tuple[StateTable, ...] = (
+            self.catalog,
+            self.coordinates,
+            self.config_entries,
+            self.prepared_queries,
+            self.connect_ca,
+            self.system,
+        )
+        # Sessions ask the catalog whether their node and checks exist (tests may stub it).
+        self._node_exists = node_exists or self.catalog.node_exists
+        self._check_status = check_status or self.catalog.check_status
         self._graveyard = Graveyard(self._indexes, tombstone_hint)
         self._kvs = KVTable(self._indexes, self._graveyard)
         self._lock_delay = LockDelay()
@@ -261,6 +277,7 @@ class StateStore:
             self._sessions.id_watches,
             self._sessions.node_watches,
             self._indexes.watches,
+            *(channels for table in self._tables for channels in table.channel_maps()),
         ):
             errors.extend(channels.close_all())
         errors.extend(self._abandon._close())
@@ -419,13 +436,15 @@ class StateStore:
 
     def snapshot(self) -> bytes:
         """Every table and index as deterministic bytes (see ``restore``)."""
-        document = {
+        document: dict[str, Any] = {
             "format": SNAPSHOT_FORMAT,
             "index": self._indexes.items(),
             "kvs": [_encode_entry(entry) for entry in self._kvs.dump()],
             "tombstones": [[stone.key, stone.index] for stone in self._graveyard.dump()],
             "sessions": [_encode_session(session) for session in self._sessions.dump()],
         }
+        for table in self._tables:
+            document[table.name] = table.dump()
         return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
 
     @classmethod
@@ -433,8 +452,8 @@ class StateStore:
         cls,
         blob: bytes,
         *,
-        node_exists: NodeExists = _always_exists,
-        check_status: CheckStatus = _always_passing,
+        node_exists: NodeExists | None = None,
+        check_status: CheckStatus | None = None,
         tombstone_hint: Callable[[int], None] | None = None,
     ) -> StateStore:
         """A new store holding a snapshot's state. The caller abandons the old store."""
@@ -451,6 +470,8 @@ class StateStore:
             store._kvs.restore([_decode_entry(row) for row in document["kvs"]])
             store._graveyard.restore([Tombstone(k, int(i)) for k, i in document["tombstones"]])
             store._sessions.restore([_decode_session(row) for row in document["sessions"]])
+            for table in store._tables:
+                table.restore(document.get(table.name))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"invalid state snapshot: {exc}") from exc
         return store
@@ -458,6 +479,8 @@ class StateStore:
     def check_invariants(self) -> None:
         """Assert that secondary indexes agree with the rows (for tests)."""
         self._kvs.check_invariants()
+        for table in self._tables:
+            table.check_invariants()
         for session in self._sessions.dump():
             assert self._sessions.row(session.id) is session
         assert self._indexes.get(TABLE_KVS, TABLE_TOMBSTONES) >= max(

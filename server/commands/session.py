@@ -1,0 +1,9 @@
+"""Raft commands of the ``session`` domain (placeholder: none yet)."""
+
+from __future__ import annotations
+
+from server.commands.types import Handler, MessageType
+
+__all__ = ["HANDLERS"]
+
+HANDLERS: dict[MessageType, Handler] = {}

@@ -1,0 +1,245 @@
+"""``ServerContext``: what every endpoint module gets — the state store, Raft writes (forwarded
+to the leader when this server is not it), reads with Consul's consistency modes and blocking
+queries, and the agent's other parts (local state, serf, config).
+
+Writes: ``await ctx.apply(MessageType.X, body)`` proposes the command on the leader and returns
+the FSM's result. On a follower it is sent to the leader over server RPC; with no known leader
+it waits up to ``rpc_hold_timeout`` (Consul's 7 s) for one, then fails with Consul's
+``No cluster leader`` (a 500).
+
+Reads: ``await ctx.read(request, opts, fn)`` where ``fn(store, ws) -> (index, result)``:
+
+* ``?stale``: read the local store as it is;
+* default: on the leader the local store (Consul's default mode trusts the leader's view); on a
+  follower a ReadIndex from the leader first, so the read is never older than what the leader
+  had committed when it was asked (linearizable, like Consul's forwarding to the leader);
+* ``?consistent``: a ReadIndex round (leadership confirmed by a quorum) even on the leader.
+
+With ``?index=N`` the read blocks until its index passes N or the wait ends, watching exactly
+the channels ``fn`` added to ``ws``. The answer's headers (``ctx.headers(meta)``) are
+``X-Consul-Index`` (never 0), ``X-Consul-KnownLeader``, ``X-Consul-LastContact`` and
+``X-Consul-Effective-Consistency``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from aiohttp import web
+
+from raft.node import RaftNode
+from server.commands.types import MessageType
+from server.config.runtime import RuntimeConfig
+from server.endpoints.http import HTTPError, QueryOptions, parse_query_options
+from server.filter import FilterError, compile_filter
+from server.fsm import ConsulFSM, encode_command
+from server.state import StateStore, WatchSet
+
+__all__ = ["LeaderRPC", "QueryMeta", "ServerContext"]
+
+T = TypeVar("T")
+E = TypeVar("E")
+
+Read = Callable[[StateStore, WatchSet | None], tuple[int, T]]
+
+
+class LeaderRPC(Protocol):
+    """Server RPC to the leader (``server.rpc``)."""
+
+    async def apply(self, leader_address: str, command: bytes) -> Any: ...
+
+    async def read_index(self, leader_address: str) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueryMeta:
+    index: int
+    known_leader: bool
+    last_contact_ms: int
+    consistency: str  # "leader" | "stale" | "consistent"
+
+
+class ServerContext:
+    """Shared by all endpoint modules of one agent. Attributes other than ``config`` may be
+    None on agents that lack that part (a client agent has no ``raft``)."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        fsm: ConsulFSM | None,
+        raft: RaftNode | None,
+    ) -> None:
+        self.config = config
+        self.fsm = fsm
+        self.raft = raft
+        #: Server RPC client used by followers to reach the leader (set by the agent).
+        self.leader_rpc: LeaderRPC | None = None
+        #: The agent's local services and checks (``server.agent.local``), set by the agent.
+        self.local: Any = None
+        #: The LAN serf (``gossip.node.GossipNode``) and WAN serf, when running.
+        self.serf_lan: Any = None
+        self.serf_wan: Any = None
+        #: The agent itself (for leave/reload/self); set by the agent.
+        self.agent: Any = None
+        self.started_at = time.time()
+        self._closed = False
+        self._waiting: set[asyncio.Future[None]] = set()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Answer every blocking query now (with its current result) and stop blocking."""
+        self._closed = True
+        for fut in self._waiting:
+            if not fut.done():
+                fut.set_result(None)
+
+    # --- state -------------------------------------------------------------------------
+
+    @property
+    def store(self) -> StateStore:
+        if self.fsm is None:
+            raise HTTPError(500, "No known Consul servers")
+        return self.fsm.store
+
+    def check_datacenter(self, datacenter: str) -> None:
+        """Requests for another datacenter fail as in Consul until federation exists."""
+        if datacenter and datacenter != self.config.datacenter:
+            raise HTTPError(500, "No path to datacenter")
+
+    def options(self, request: web.Request) -> QueryOptions:
+        """The request's query options, with its datacenter checked."""
+        opts = parse_query_options(request)
+        self.check_datacenter(opts.datacenter)
+        return opts
+
+    # --- writes ------------------------------------------------------------------------
+
+    async def apply(self, kind: MessageType, body: Any) -> Any:
+        """Propose ``kind``/``body`` through Raft (on the leader) and return the FSM's result;
+        the FSM's exceptions are re-raised here (on a follower as ``HTTPError(500, text)``)."""
+        return await self.apply_raw(encode_command(kind, body))
+
+    async def apply_raw(self, command: bytes) -> Any:
+        raft = self._require_raft()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.rpc_hold_timeout
+        while True:
+            if raft.is_leader:
+                return await raft.propose(command)
+            leader = raft.leader_address()
+            if leader and self.leader_rpc is not None:
+                return await self.leader_rpc.apply(leader, command)
+            await self._hold(deadline)
+
+    async def _hold(self, deadline: float) -> None:
+        """Wait a little for a leader to appear; 500 "No cluster leader" past ``deadline``."""
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0 or self._closed:
+            raise HTTPError(500, "No cluster leader")
+        raft = self._require_raft()
+        with contextlib.suppress(Exception):
+            await raft.wait_for_leader(min(remaining, 0.25))
+        if loop.time() >= deadline and raft.leader_address() is None:
+            raise HTTPError(500, "No cluster leader")
+
+    def _require_raft(self) -> RaftNode:
+        if self.raft is None:
+            raise HTTPError(500, "No known Consul servers")
+        return self.raft
+
+    # --- reads -------------------------------------------------------------------------
+
+    async def barrier(self, opts: QueryOptions) -> str:
+        """Make the local store fresh enough for ``opts``' consistency mode; returns the
+        effective consistency (``stale``, ``leader`` or ``consistent``)."""
+        if opts.stale:
+            return "stale"
+        raft = self._require_raft()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.rpc_hold_timeout
+        while True:
+            if raft.is_leader:
+                if opts.consistent:
+                    await raft.read_index()
+                    return "consistent"
+                return "leader"
+            leader = raft.leader_address()
+            if leader and self.leader_rpc is not None:
+                index = await self.leader_rpc.read_index(leader)
+                await raft.wait_applied(index)
+                return "consistent" if opts.consistent else "leader"
+            await self._hold(deadline)
+
+    def meta(self, index: int, consistency: str = "leader") -> QueryMeta:
+        raft = self.raft
+        known = raft is not None and raft.leader_id is not None
+        return QueryMeta(max(index, 1), known, 0, consistency)
+
+    @staticmethod
+    def headers(meta: QueryMeta) -> dict[str, str]:
+        return {
+            "X-Consul-Index": str(max(meta.index, 1)),
+            "X-Consul-KnownLeader": "true" if meta.known_leader else "false",
+            "X-Consul-LastContact": str(meta.last_contact_ms),
+            "X-Consul-Effective-Consistency": meta.consistency,
+        }
+
+    async def read(self, opts: QueryOptions, fn: Read[T]) -> tuple[T, QueryMeta]:
+        """Run ``fn`` with ``opts``' consistency, blocking while ``opts.min_index`` says so."""
+        consistency = await self.barrier(opts)
+        index, result = await self.blocking(opts.min_index, opts.wait, fn)
+        return result, self.meta(index, consistency)
+
+    async def blocking(self, min_index: int, timeout: float, fn: Read[T]) -> tuple[int, T]:
+        """``fn`` once (``min_index`` 0), or until its index passes ``min_index`` or
+        ``timeout`` seconds pass (then the current result)."""
+        if min_index == 0:
+            return fn(self.store, None)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            store = self.store
+            ws = WatchSet()
+            ws.add(store.abandon_channel)
+            index, result = fn(store, ws)
+            remaining = deadline - loop.time()
+            if index > min_index or remaining <= 0 or self._closed:
+                return index, result
+            fired: asyncio.Future[None] = loop.create_future()
+            self._waiting.add(fired)
+
+            def wake(fut: asyncio.Future[None] = fired) -> None:
+                if not fut.done():
+                    fut.set_result(None)
+
+            cancel = ws.add_callback(wake)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await fired
+            finally:
+                cancel()
+                self._waiting.discard(fired)
+
+    @staticmethod
+    def apply_filter(expression: str, items: Iterable[E], view: Callable[[E], Any]) -> list[E]:
+        """Keep the items whose JSON view matches Consul's ``?filter=`` expression; 400 with
+        the parser's message when it does not parse."""
+        if not expression:
+            return list(items)
+        try:
+            compiled = compile_filter(expression)
+        except FilterError as exc:
+            raise HTTPError(400, str(exc)) from None
+        return [item for item in items if compiled.matches(view(item))]
