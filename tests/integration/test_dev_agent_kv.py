@@ -3,112 +3,20 @@
 from __future__ import annotations
 
 import base64
-import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers.agentproc import Client, Reply, start_agent, stop_agent
 
 pytestmark = pytest.mark.integration
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def proconsul() -> list[str]:
-    exe = Path(sys.executable).with_name("proconsul")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "server.cli"]
-
-
-class Reply:
-    def __init__(self, status: int, headers: Any, body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def index(self) -> int:
-        return int(self.headers["X-Consul-Index"])
-
-
-class Client:
-    def __init__(self, port: int) -> None:
-        self.base = f"http://127.0.0.1:{port}"
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, timeout: float = 5
-    ) -> Reply:
-        req = urllib.request.Request(self.base + path, data=body, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return Reply(resp.status, resp.headers, resp.read())
-        except urllib.error.HTTPError as err:
-            return Reply(err.code, err.headers, err.read())
-
-    def get(self, path: str, timeout: float = 5) -> Reply:
-        return self.request("GET", path, timeout=timeout)
-
-    def put(self, path: str, body: bytes = b"") -> Reply:
-        return self.request("PUT", path, body)
-
-    def delete(self, path: str) -> Reply:
-        return self.request("DELETE", path)
-
-
-def start_agent(log_path: Path) -> tuple[subprocess.Popen[bytes], Client]:
-    http, rpc = free_port(), free_port()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*proconsul(), "agent", "-dev", "-http-port", str(http), "-server-port", str(rpc)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    client = Client(http)
-    deadline = time.monotonic() + 20
-    leader: object = ""
-    while time.monotonic() < deadline and not leader:
-        try:
-            leader = client.get("/v1/status/leader").json()
-        except OSError:
-            time.sleep(0.1)
-    if leader != f"127.0.0.1:{rpc}":
-        stop_agent(proc)
-        pytest.fail(f"no leader: {leader!r}\n{log_path.read_text()}")
-    return proc, client
-
-
-def stop_agent(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    proc, client = start_agent(tmp_path_factory.mktemp("kv") / "agent.log")
-    try:
-        yield client
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        stop_agent(proc)
+def agent(dev_agent: Client) -> Client:
+    return dev_agent
 
 
 def b64(value: bytes) -> str:
