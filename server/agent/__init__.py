@@ -46,6 +46,7 @@ class Agent:
         self.ctx.agent = self
         self.shutdown_requested = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._leadership_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -55,6 +56,9 @@ class Agent:
         self._runner = web.AppRunner(build_app(self.ctx), access_log=None, shutdown_timeout=5.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, cfg.http_bind, cfg.http_port).start()
+        for service in self.ctx.services:
+            await service.start()
+        self._leadership_task = asyncio.create_task(self._watch_leadership(), name="leadership")
         log.info(
             "agent_started",
             node=cfg.node_name,
@@ -63,8 +67,33 @@ class Agent:
             server=cfg.server_rpc_address,
         )
 
+    async def _watch_leadership(self) -> None:
+        """Tell every service when this server gains or loses leadership (polls the Raft
+        role; leader-only loops tolerate the ~50 ms lag)."""
+        was_leader = False
+        while True:
+            is_leader = self.raft.is_leader
+            if is_leader != was_leader:
+                was_leader = is_leader
+                log.info("leadership_changed", leader=is_leader)
+                for service in self.ctx.services:
+                    try:
+                        await service.leadership_changed(is_leader)
+                    except Exception as exc:
+                        log.warning(
+                            "leadership_hook_failed", service=repr(service), error=repr(exc)
+                        )
+            await asyncio.sleep(0.05)
+
     async def stop(self) -> None:
+        if self._leadership_task is not None:
+            self._leadership_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leadership_task
         self.ctx.close()
+        for service in reversed(self.ctx.services):
+            with contextlib.suppress(Exception):
+                await service.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.raft.stop()

@@ -40,12 +40,26 @@ from server.filter import FilterError, compile_filter
 from server.fsm import ConsulFSM, encode_command
 from server.state import StateStore, WatchSet
 
-__all__ = ["LeaderRPC", "QueryMeta", "ServerContext"]
+__all__ = ["LeaderRPC", "QueryMeta", "ServerContext", "Service"]
 
 T = TypeVar("T")
 E = TypeVar("E")
 
 Read = Callable[[StateStore, WatchSet | None], tuple[int, T]]
+
+
+class Service(Protocol):
+    """A background part of an endpoint domain (session TTL timers, the event buffer, check
+    runners...). Registered with ``ctx.add_service`` from a module's ``register``; the agent
+    starts every service after the HTTP API is up, stops them in reverse order at shutdown,
+    and tells each one when this server gains or loses Raft leadership (leader-only loops
+    start and stop there; a non-server agent never calls it)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def leadership_changed(self, is_leader: bool) -> None: ...
 
 
 class LeaderRPC(Protocol):
@@ -87,10 +101,14 @@ class ServerContext:
         #: The agent itself (for leave/reload/self); set by the agent.
         self.agent: Any = None
         self.started_at = time.time()
+        self.services: list[Service] = []
         self._closed = False
         self._waiting: set[asyncio.Future[None]] = set()
 
     # --- lifecycle ---------------------------------------------------------------------
+
+    def add_service(self, service: Service) -> None:
+        self.services.append(service)
 
     @property
     def closed(self) -> bool:
