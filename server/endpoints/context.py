@@ -102,6 +102,9 @@ class ServerContext:
         self.agent: Any = None
         self.started_at = time.time()
         self.services: list[Service] = []
+        #: Called with every serf event of the LAN pool (``gossip.serf.events`` objects:
+        #: MemberEvent, UserEvent, Query), in order, from the gossip loop: must not block.
+        self.event_listeners: list[Callable[[object], None]] = []
         self._closed = False
         self._waiting: set[asyncio.Future[None]] = set()
 
