@@ -94,6 +94,15 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write logs as JSON",
     )
+    agent.add_argument(
+        "-config-file",
+        "--config-file",
+        dest="config_file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a JSON config file to load (repeatable)",
+    )
     agent.set_defaults(func=_cmd_agent)
 
     version = commands.add_parser("version", help="print the version")
@@ -114,6 +123,18 @@ def _cmd_agent(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    import json
+
+    for path in args.config_file:
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = json.load(f)
+        except (OSError, ValueError) as exc:
+            print(f"proconsul agent: config file {path}: {exc}", file=sys.stderr)
+            return 1
+        if not isinstance(loaded, dict):
+            print(f"proconsul agent: config file {path}: not a JSON object", file=sys.stderr)
+            return 1
     if args.server_port == 0:
         args.server_port = _free_port(args.client)  # 0: any free port, as for a listener
     for flag, port in (("-http-port", args.http_port), ("-server-port", args.server_port)):
