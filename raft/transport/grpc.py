@@ -30,7 +30,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,7 +283,10 @@ class GrpcTransport:
         max_message_bytes: int = 16 * MiB,
         queue_limit: int = 4096,
         snapshot_chunk_bytes: int = 256 * KiB,
+        extra_services: Sequence[Callable[[Any], None]] = (),
     ) -> None:
+        """``extra_services``: callables given the ``grpc.aio.Server`` before it starts, to add
+        other services on the same port (the agent's server RPC)."""
         if queue_limit < 1:
             raise ValueError("queue_limit must be at least 1")
         if max_message_bytes < 4 * KiB:
@@ -308,6 +311,7 @@ class GrpcTransport:
         self._started = False
         self._closed = False
         self._last_warning: dict[str, float] = {}
+        self._extra_services = tuple(extra_services)
 
     # --- public API ----------------------------------------------------------------------
 
@@ -349,6 +353,8 @@ class GrpcTransport:
         raft_pb2_grpc.add_RaftServicer_to_server(  # type: ignore[no-untyped-call]
             _Servicer(self, handler), server
         )
+        for add_service in self._extra_services:
+            add_service(server)
         try:
             if server_credentials is not None:
                 port = server.add_secure_port(self._listen_address, server_credentials)

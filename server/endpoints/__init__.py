@@ -8,6 +8,7 @@ any other exception becomes a 500 with the exception's text (and is logged), nev
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -31,6 +32,7 @@ from server.endpoints import (
     txn,
 )
 from server.endpoints.context import ServerContext
+from server.endpoints.forward import forward_middleware
 from server.endpoints.http import HTTPError
 
 __all__ = ["MODULES", "build_app"]
@@ -79,7 +81,8 @@ async def _root(request: web.Request) -> web.Response:
 
 
 def build_app(ctx: ServerContext) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=8 * 1024 * 1024)
+    middlewares: list[Any] = [_errors, forward_middleware(ctx)]
+    app = web.Application(middlewares=middlewares, client_max_size=8 * 1024 * 1024)
     app.router.add_get("/", _root)
     for module in MODULES:
         module.register(app, ctx)

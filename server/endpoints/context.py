@@ -38,6 +38,7 @@ from server.config.runtime import RuntimeConfig
 from server.endpoints.http import HTTPError, QueryOptions, parse_query_options
 from server.filter import FilterError, compile_filter
 from server.fsm import ConsulFSM, encode_command
+from server.rpc.errors import NotLeaderError
 from server.state import StateStore, WatchSet
 
 __all__ = ["LeaderRPC", "QueryMeta", "ServerContext", "Service"]
@@ -68,6 +69,8 @@ class LeaderRPC(Protocol):
     async def apply(self, leader_address: str, command: bytes) -> Any: ...
 
     async def read_index(self, leader_address: str) -> int: ...
+
+    async def forward_http(self, leader_address: str, request: Any, timeout: float) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +162,10 @@ class ServerContext:
                 return await raft.propose(command)
             leader = raft.leader_address()
             if leader and self.leader_rpc is not None:
-                return await self.leader_rpc.apply(leader, command)
+                try:
+                    return await self.leader_rpc.apply(leader, command)
+                except NotLeaderError:
+                    pass  # leadership moved while the request was in flight
             await self._hold(deadline)
 
     async def _hold(self, deadline: float) -> None:
@@ -168,11 +174,8 @@ class ServerContext:
         remaining = deadline - loop.time()
         if remaining <= 0 or self._closed:
             raise HTTPError(500, "No cluster leader")
-        raft = self._require_raft()
-        with contextlib.suppress(Exception):
-            await raft.wait_for_leader(min(remaining, 0.25))
-        if loop.time() >= deadline and raft.leader_address() is None:
-            raise HTTPError(500, "No cluster leader")
+        # Poll: elections take hundreds of milliseconds; 50 ms adds little to that.
+        await asyncio.sleep(min(remaining, 0.05))
 
     def _require_raft(self) -> RaftNode:
         if self.raft is None:
@@ -197,7 +200,11 @@ class ServerContext:
                 return "leader"
             leader = raft.leader_address()
             if leader and self.leader_rpc is not None:
-                index = await self.leader_rpc.read_index(leader)
+                try:
+                    index = await self.leader_rpc.read_index(leader)
+                except NotLeaderError:
+                    await self._hold(deadline)
+                    continue
                 await raft.wait_applied(index)
                 return "consistent" if opts.consistent else "leader"
             await self._hold(deadline)

@@ -1,0 +1,98 @@
+"""Forwarding HTTP API requests from a follower server to the Raft leader, as Consul's RPC
+layer does: writes and non-stale reads are answered by the leader (blocking queries included,
+so they block there); ``?stale`` reads, the agent's own endpoints and status are served here.
+
+The whole request is replayed on the leader over server RPC (``ForwardHTTP``) and its response
+returned unchanged, so every endpoint behaves identically whichever server a client talks to.
+A forwarded request carries ``X-Proconsul-Forwarded`` and is never forwarded a second time: a
+server that lost leadership meanwhile answers it itself (its Raft write then fails cleanly).
+With no known leader the request waits up to ``rpc_hold_timeout`` for one (Consul's 7 s), then
+fails with ``500 No cluster leader``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from proto import server_rpc_pb2 as pb
+from server.endpoints.context import ServerContext
+from server.endpoints.http import MAX_QUERY_WAIT, HTTPError
+from server.rpc.errors import NotLeaderError
+from server.rpc.service import FORWARDED_HEADER
+
+__all__ = ["FORWARDED_PREFIXES", "forward_middleware"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Paths answered by the leader. Everything else (``/v1/agent/``, ``/v1/status/``,
+#: ``/v1/event/``, keyring operations) is this agent's own business.
+FORWARDED_PREFIXES = (
+    "/v1/kv/",
+    "/v1/catalog/",
+    "/v1/health/",
+    "/v1/session/",
+    "/v1/txn",
+    "/v1/config",
+    "/v1/query",
+    "/v1/connect/",
+    "/v1/coordinate/",
+    "/v1/operator/raft/",
+    "/v1/operator/autopilot/",
+    "/v1/operator/usage",
+    "/v1/snapshot",
+    "/v1/acl/",
+    "/v1/discovery-chain/",
+    "/v1/internal/",
+)
+_SKIP_BACK = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding"})
+
+
+def _needs_leader(request: web.Request) -> bool:
+    if FORWARDED_HEADER in request.headers:
+        return False
+    if not request.path.startswith(FORWARDED_PREFIXES):
+        return False
+    return not (request.method in ("GET", "HEAD") and "stale" in request.query)
+
+
+def forward_middleware(
+    ctx: ServerContext,
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def forward(request: web.Request, handler: Handler) -> web.StreamResponse:
+        raft = ctx.raft
+        if raft is None or raft.is_leader or ctx.leader_rpc is None or not _needs_leader(request):
+            return await handler(request)
+        body = await request.read()
+        message = pb.HttpRequest(
+            method=request.method,
+            path_qs=request.path_qs,
+            headers=[pb.Header(name=k, value=v) for k, v in request.headers.items()],
+            body=body,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ctx.config.rpc_hold_timeout
+        while True:
+            if raft.is_leader:
+                return await handler(request)
+            leader = raft.leader_address()
+            if leader:
+                try:
+                    reply = await ctx.leader_rpc.forward_http(
+                        leader, message, MAX_QUERY_WAIT * 1.1 + 30
+                    )
+                except (NotLeaderError, HTTPError):
+                    reply = None  # the leader went away: look again until the deadline
+                if reply is not None:
+                    headers = {
+                        h.name: h.value for h in reply.headers if h.name.lower() not in _SKIP_BACK
+                    }
+                    return web.Response(status=reply.status, headers=headers, body=reply.body)
+            if loop.time() >= deadline or ctx.closed:
+                raise HTTPError(500, "No cluster leader")
+            await asyncio.sleep(0.05)
+
+    return forward

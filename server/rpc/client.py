@@ -1,0 +1,85 @@
+"""The follower side of server RPC: one gRPC channel per leader address, reused.
+
+``LeaderClient`` implements ``server.endpoints.context.LeaderRPC`` (``apply``, ``read_index``)
+and ``forward_http`` for the HTTP middleware. Errors come back as ``HTTPError`` with the
+leader's status and text; a "not the leader" answer (leadership moved while the request was in
+flight) raises ``NotLeaderError`` so the caller can look for the new leader and retry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import orjson
+
+from proto import server_rpc_pb2 as pb
+from proto import server_rpc_pb2_grpc as pb_grpc
+from server.endpoints.http import HTTPError
+from server.rpc.errors import NotLeaderError
+from server.rpc.service import NOT_LEADER
+
+__all__ = ["LeaderClient", "NotLeaderError"]
+
+_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+class LeaderClient:
+    def __init__(self) -> None:
+        self._channels: dict[str, tuple[Any, pb_grpc.ServerRPCStub]] = {}
+
+    def _stub(self, address: str) -> pb_grpc.ServerRPCStub:
+        entry = self._channels.get(address)
+        if entry is None:
+            channel = grpc.aio.insecure_channel(
+                address,
+                options=[
+                    ("grpc.max_send_message_length", _MAX_MESSAGE),
+                    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ],
+            )
+            entry = (channel, pb_grpc.ServerRPCStub(channel))  # type: ignore[no-untyped-call]
+            self._channels[address] = entry
+        return entry[1]
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel, _ in channels.values():
+            await channel.close(None)
+
+    async def apply(self, leader_address: str, command: bytes) -> Any:
+        try:
+            reply: pb.ApplyResponse = await self._stub(leader_address).Apply(
+                pb.ApplyRequest(command=command), timeout=30
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise HTTPError(500, f"rpc error: {exc.details() or exc.code().name}") from None
+        if reply.error == NOT_LEADER:
+            raise NotLeaderError(reply.error)
+        if reply.error:
+            raise HTTPError(reply.error_status or 500, reply.error)
+        return orjson.loads(reply.result_json) if reply.result_json else None
+
+    async def read_index(self, leader_address: str) -> int:
+        try:
+            reply: pb.ReadIndexResponse = await self._stub(leader_address).ReadIndex(
+                pb.ReadIndexRequest(), timeout=10
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise HTTPError(500, f"rpc error: {exc.details() or exc.code().name}") from None
+        if reply.error == NOT_LEADER:
+            raise NotLeaderError(reply.error)
+        if reply.error:
+            raise HTTPError(500, reply.error)
+        return int(reply.index)
+
+    async def forward_http(
+        self, leader_address: str, request: pb.HttpRequest, timeout: float
+    ) -> pb.HttpResponse:
+        try:
+            reply: pb.HttpResponse = await self._stub(leader_address).ForwardHTTP(
+                request, timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise HTTPError(500, f"rpc error: {exc.details() or exc.code().name}") from None
+        return reply
