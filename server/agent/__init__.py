@@ -154,7 +154,7 @@ class Agent:
                 f"{config.bind_addr or '0.0.0.0'}:{config.server_port}",
                 extra_services=[lambda server: self.rpc_service.add_to(server)],
             ),
-            timing=Timing(raft_multiplier=config.raft_multiplier),
+            timing=Timing(raft_multiplier=config.raft_multiplier, lease_reads=True),
         )
         self.rpc_service = ServerRPCService(self.raft, http_base)
         self.leader_client = LeaderClient()

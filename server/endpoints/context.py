@@ -10,10 +10,10 @@ it waits up to ``rpc_hold_timeout`` (Consul's 7 s) for one, then fails with Cons
 Reads: ``await ctx.read(request, opts, fn)`` where ``fn(store, ws) -> (index, result)``:
 
 * ``?stale``: read the local store as it is;
-* default: on the leader the local store (Consul's default mode trusts the leader's view); on a
-  follower a ReadIndex from the leader first, so the read is never older than what the leader
-  had committed when it was asked (linearizable, like Consul's forwarding to the leader);
-* ``?consistent``: a ReadIndex round (leadership confirmed by a quorum) even on the leader.
+* default and ``?consistent``: a ReadIndex on the leader (served from the leader lease while it
+  holds, else a heartbeat round; never before the leader has applied an entry of its own term),
+  so reads are linearizable; on a follower a ReadIndex from the leader first, then the read
+  waits for that index locally (the HTTP layer normally forwards such reads to the leader).
 
 With ``?index=N`` the read blocks until its index passes N or the wait ends, watching exactly
 the channels ``fn`` added to ``ws``. The answer's headers (``ctx.headers(meta)``) are
@@ -194,10 +194,11 @@ class ServerContext:
         deadline = loop.time() + self.config.rpc_hold_timeout
         while True:
             if raft.is_leader:
-                if opts.consistent:
-                    await raft.read_index()
-                    return "consistent"
-                return "leader"
+                # Also in the default mode: a new leader must not answer before it has
+                # committed (and applied) an entry of its term, or it could miss writes its
+                # predecessor acknowledged. Lease reads make this local while the lease holds.
+                await raft.read_index()
+                return "consistent" if opts.consistent else "leader"
             leader = raft.leader_address()
             if leader and self.leader_rpc is not None:
                 try:
