@@ -144,6 +144,8 @@ class RaftNode:
         self._leader: NodeId | None = None
         self._term = 0
         self._leader_event = asyncio.Event()
+        #: Set when the FSM raised FatalApplyError: the node stopped applying and serving.
+        self.fatal_error: FatalApplyError | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -464,6 +466,7 @@ class RaftNode:
                     result = self.fsm.apply(entry.index, entry.data)
                 except FatalApplyError as exc:
                     log.critical("fsm_apply_fatal", node=self.id, index=entry.index, error=str(exc))
+                    self.fatal_error = exc
                     self._stopping = True
                     self._fail_all(NodeStopped(f"stopped: cannot apply entry {entry.index}"))
                     raise

@@ -165,6 +165,8 @@ class Agent:
         self.serf: GossipNode[Serf] | None = None
         self._raft_started = False
         self._leaving = False
+        #: The process exit code: 1 after a fatal error (an unknown Raft command).
+        self.exit_code = 0
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -306,6 +308,10 @@ class Agent:
         role; leader-only loops tolerate the ~50 ms lag)."""
         was_leader = False
         while True:
+            if self.raft.fatal_error is not None and not self.shutdown_requested.is_set():
+                log.critical("raft_stopped_fatal", error=str(self.raft.fatal_error))
+                self.exit_code = 1
+                self.shutdown_requested.set()
             is_leader = self._raft_started and self.raft.is_leader
             if is_leader != was_leader:
                 was_leader = is_leader
@@ -350,7 +356,8 @@ class Agent:
         log.info("agent_stopped", node=self.config.node_name)
 
 
-async def run_agent(config: RuntimeConfig) -> None:
+async def run_agent(config: RuntimeConfig) -> int:
+    """Run an agent until SIGINT/SIGTERM or a leave; returns the exit code."""
     agent = Agent(config)
     await agent.start()
     loop = asyncio.get_running_loop()
@@ -366,6 +373,7 @@ async def run_agent(config: RuntimeConfig) -> None:
         if config.pid_file:
             with contextlib.suppress(OSError):
                 os.unlink(config.pid_file)
+    return agent.exit_code
 
 
 def default_node_name() -> str:
