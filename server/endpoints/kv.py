@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import quote_plus
 
 import orjson
 from aiohttp import web
@@ -104,20 +105,48 @@ class KVEndpoint:
     async def _put(self, request: web.Request, key: str) -> web.Response:
         if not key:
             raise HTTPError(400, "Missing key name")
+        _conflicting_flags(request, "cas", "acquire", "release")
         flags = parse_uint_param(request, "flags") or 0
         cas = parse_uint_param(request, "cas", "cas index")
+        op = "set" if cas is None else "cas"
+        session = ""
+        if "acquire" in request.query:
+            op, session = "lock", request.query["acquire"]
+        if "release" in request.query:
+            op, session = "unlock", request.query["release"]
         body = await _read_body(request)
-        entry = DirEntry(key, body or None, flags, modify_index=cas or 0)
-        return await self._apply("set" if cas is None else "cas", entry)
+        entry = DirEntry(key, body or None, flags, session=session, modify_index=cas or 0)
+        if op == "lock" and self._lock_delayed(key):
+            # Consul's kvsPreApply: the leader refuses a lock under lock delay before the
+            # Raft apply (lock delays are per-server wall-clock state, not replicated).
+            return web.json_response(False)
+        return await self._apply(op, entry)
+
+    def _lock_delayed(self, key: str) -> bool:
+        fsm = self.ctx.fsm
+        if fsm is None:
+            return False
+        expires = fsm.store.kvs_lock_delay(key)
+        return expires is not None and expires > fsm.now()
 
     async def _delete(self, request: web.Request, key: str) -> web.Response:
         recurse = "recurse" in request.query
         if not recurse and not key:
             raise HTTPError(400, "Missing key name")
+        _conflicting_flags(request, "recurse", "cas")
         if "cas" in request.query:
             cas = parse_uint_param(request, "cas", "cas index") or 0
             return await self._apply("delete-cas", DirEntry(key, modify_index=cas))
         return await self._apply("delete-tree" if recurse else "delete", DirEntry(key))
+
+
+def _conflicting_flags(request: web.Request, *flags: str) -> None:
+    """Consul's ``conflictingFlags``: 400 when more than one of ``flags`` is given."""
+    query = request.query
+    if sum(1 for flag in flags if flag in query) > 1:
+        pairs = sorted((k, v) for k, v in query.items())
+        encoded = "&".join(f"{quote_plus(k)}={quote_plus(v)}" for k, v in pairs)
+        raise HTTPError(400, f"Conflicting flags: {encoded}")
 
 
 async def _read_body(request: web.Request) -> bytes:
