@@ -87,10 +87,6 @@ class LeaderDuties:
                 self._dirty.set()
 
     async def reconcile(self) -> None:
-        from server.commands import HANDLERS
-
-        if MessageType.REGISTER not in HANDLERS:  # a build without the catalog
-            return
         serf = self.ctx.serf_lan
         members: list[MemberInfo] = await serf.members() if serf is not None else []
         known = {m.name for m in members}
@@ -110,12 +106,7 @@ class LeaderDuties:
     # --- catalog -----------------------------------------------------------------------
 
     def _serf_nodes(self) -> list[str]:
-        catalog = self.ctx.store.catalog
-        nodes = getattr(catalog, "nodes_with_check", None)
-        if nodes is None:
-            return []
-        result: list[str] = nodes(SERF_CHECK_ID)
-        return result
+        return self.ctx.store.catalog.nodes_with_check(SERF_CHECK_ID)
 
     async def _register_member(self, member: MemberInfo) -> None:
         alive = member.status == "alive"
@@ -150,11 +141,7 @@ class LeaderDuties:
         await self.ctx.apply(MessageType.REGISTER, request)
 
     def _up_to_date(self, node: str, address: str, status: str, is_server: bool) -> bool:
-        catalog = self.ctx.store.catalog
-        probe = getattr(catalog, "serf_view", None)
-        if probe is None:
-            return False
-        view: tuple[str, str | None, bool] | None = probe(node, SERF_CHECK_ID, "consul")
+        view = self.ctx.store.catalog.serf_view(node, SERF_CHECK_ID, "consul")
         return view == (address, status, is_server)
 
     async def _deregister_member(self, member: MemberInfo) -> None:
