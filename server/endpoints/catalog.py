@@ -1,13 +1,283 @@
-"""HTTP endpoints of the ``catalog`` domain (placeholder: none yet)."""
+"""HTTP endpoints of the ``catalog`` domain (Consul's ``agent/catalog_endpoint.go``).
+
+* ``PUT /v1/catalog/register`` and ``/deregister``: a ``RegisterRequest``/``DeregisterRequest``
+  body (field names in any case), validated here (``server.commands.catalog``) then written
+  through Raft; answers ``true``. Validation errors are 500s with Consul's text, as Consul's
+  RPC errors are; a body that does not decode is a 400 ``Request decode failed: ...``.
+  The datacenter is the body's ``Datacenter`` (default: this agent's); another one is
+  ``No path to datacenter`` until federation exists.
+* ``GET /v1/catalog/datacenters``: this datacenter.
+* ``GET /v1/catalog/nodes``, ``/services``, ``/service/<name>``, ``/connect/<name>``,
+  ``/node/<name>``, ``/node-services/<name>``, ``/gateway-services/<name>``: blocking reads
+  with ``?index``/``?wait``, ``?filter`` (go-bexpr), ``?node-meta=k:v`` (repeatable) and
+  ``?tag=`` (repeatable: every tag must match, case-insensitively) where Consul takes them.
+  Missing things answer as Consul does: ``/node/<x>`` for an unknown node is ``200 null``,
+  ``/node-services/<x>`` is ``404 Node not found: "<x>"``, empty lists are ``[]``.
+* ``?filter`` on ``/node/<name>`` applies to each entry of the Services map (Consul filters
+  that map, not the document). ``?peer=<name>`` matches nothing (no cluster peering here).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
 from aiohttp import web
 
+from server.commands.catalog import (
+    RequestDecodeError,
+    normalize_deregister_request,
+    normalize_register_request,
+)
+from server.commands.types import MessageType
 from server.endpoints.context import ServerContext
+from server.endpoints.http import HTTPError, QueryOptions, json_response, read_json
+from server.filter import Filter, FilterError, compile_filter
+from server.filter.strconv import go_quote
+from server.state import StateError, StateStore, WatchSet
+from server.state.catalog import Node, ServiceInstance
 
-__all__ = ["register"]
+__all__ = [
+    "Catalog",
+    "compile_query_filter",
+    "node_meta_filters",
+    "register",
+    "service_tags",
+]
+
+T = TypeVar("T")
+
+
+# --- helpers shared with the health endpoints ---------------------------------------------
+
+
+def node_meta_filters(request: web.Request) -> dict[str, str]:
+    """``?node-meta=key:value`` (repeatable; a pair without ``:`` has an empty value)."""
+    out: dict[str, str] = {}
+    for raw in request.query.getall("node-meta", []):
+        key, _, value = raw.partition(":")
+        out[key] = value
+    return out
+
+
+def service_tags(request: web.Request) -> list[str] | None:
+    """``?tag=`` values (repeatable), None when absent."""
+    if "tag" not in request.query:
+        return None
+    return list(request.query.getall("tag"))
+
+
+def compile_query_filter(opts: QueryOptions) -> Filter | None:
+    """The ``?filter=`` expression compiled up front (a 400 with the parser's message before
+    any blocking), None when there is none."""
+    if not opts.filter:
+        return None
+    try:
+        return compile_filter(opts.filter)
+    except FilterError as exc:
+        raise HTTPError(400, str(exc)) from None
+
+
+def apply_filter(compiled: Filter | None, items: Sequence[T], view: Callable[[T], Any]) -> list[T]:
+    if compiled is None:
+        return list(items)
+    return [item for item in items if compiled.matches(view(item))]
+
+
+def path_name(request: web.Request, what: str) -> str:
+    name = request.match_info.get("name", "")
+    if not name:
+        raise HTTPError(400, f"Missing {what} name")
+    return name
+
+
+def peer_requested(request: web.Request) -> bool:
+    """``?peer=<name>``: no peerings exist, so nothing is imported from any peer."""
+    return bool(request.query.get("peer", ""))
+
+
+# --- endpoints ---------------------------------------------------------------------------
+
+
+class Catalog:
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    async def _read(
+        self, opts: QueryOptions, fn: Callable[[StateStore, WatchSet | None], tuple[int, T]]
+    ) -> tuple[T, dict[str, str]]:
+        result, meta = await self.ctx.read(opts, fn)
+        return result, self.ctx.headers(meta)
+
+    def _check_datacenter(self, request: web.Request, body: Any) -> str:
+        """The request's datacenter (the body's, else ``?dc=``, else ours), checked first as
+        Consul forwards before validating."""
+        dc = _body_dc(body) or request.query.get("dc", "")
+        self.ctx.check_datacenter(dc)
+        return dc or self.ctx.config.datacenter
+
+    # --- writes ----------------------------------------------------------------------------
+
+    async def register(self, request: web.Request) -> web.Response:
+        body = await read_json(request, empty={})
+        dc = self._check_datacenter(request, body)
+        try:
+            req = normalize_register_request(body)
+        except RequestDecodeError as exc:
+            raise HTTPError(400, f"Request decode failed: {exc}") from None
+        except StateError as exc:
+            raise HTTPError(500, str(exc)) from None
+        req["Datacenter"] = dc
+        await self.ctx.apply(MessageType.REGISTER, req)
+        return json_response(request, True)
+
+    async def deregister(self, request: web.Request) -> web.Response:
+        body = await read_json(request, empty={})
+        dc = self._check_datacenter(request, body)
+        try:
+            req = normalize_deregister_request(body)
+        except RequestDecodeError as exc:
+            raise HTTPError(400, f"Request decode failed: {exc}") from None
+        except StateError as exc:
+            raise HTTPError(500, str(exc)) from None
+        req["Datacenter"] = dc
+        await self.ctx.apply(MessageType.DEREGISTER, req)
+        return json_response(request, True)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def datacenters(self, request: web.Request) -> web.Response:
+        return json_response(request, [self.ctx.config.datacenter])
+
+    async def nodes(self, request: web.Request) -> web.Response:
+        opts = self.ctx.options(request)
+        compiled = compile_query_filter(opts)
+        meta_filter = node_meta_filters(request)
+
+        def read(store: StateStore, ws: WatchSet | None) -> tuple[int, list[Node]]:
+            return store.catalog.list_nodes(ws, meta_filter)
+
+        nodes, headers = await self._read(opts, read)
+        if peer_requested(request):
+            nodes = []
+        nodes = apply_filter(compiled, nodes, Node.to_api)
+        return json_response(request, [n.to_api() for n in nodes], headers=headers)
+
+    async def services(self, request: web.Request) -> web.Response:
+        opts = self.ctx.options(request)
+        compiled = compile_query_filter(opts)
+        meta_filter = node_meta_filters(request)
+
+        def read(store: StateStore, ws: WatchSet | None) -> tuple[int, list[ServiceInstance]]:
+            return store.catalog.list_services(ws, meta_filter)
+
+        rows, headers = await self._read(opts, read)
+        rows = apply_filter(compiled, rows, lambda r: r.to_service_node(None))
+        out: dict[str, list[str]] = {}
+        for row in rows:
+            tags = out.setdefault(row.service, [])
+            for tag in row.tags or ():
+                if tag not in tags:
+                    tags.append(tag)
+        return json_response(request, out, headers=headers)
+
+    async def service(self, request: web.Request) -> web.Response:
+        return await self._service_nodes(request, connect=False)
+
+    async def connect(self, request: web.Request) -> web.Response:
+        return await self._service_nodes(request, connect=True)
+
+    async def _service_nodes(self, request: web.Request, *, connect: bool) -> web.Response:
+        opts = self.ctx.options(request)
+        name = path_name(request, "service")
+        compiled = compile_query_filter(opts)
+        meta_filter = node_meta_filters(request)
+        tags = service_tags(request)
+
+        def read(
+            store: StateStore, ws: WatchSet | None
+        ) -> tuple[int, list[tuple[Node, ServiceInstance]]]:
+            return store.catalog.service_nodes(ws, name, tags=tags, connect=connect)
+
+        pairs, headers = await self._read(opts, read)
+        views = [svc.to_service_node(node) for node, svc in pairs]
+        if meta_filter:
+            views = [v for v in views if _meta_matches(v["NodeMeta"], meta_filter)]
+        if peer_requested(request):
+            views = []
+        views = apply_filter(compiled, views, lambda v: v)
+        return json_response(request, views, headers=headers)
+
+    async def node(self, request: web.Request) -> web.Response:
+        opts = self.ctx.options(request)
+        name = path_name(request, "node")
+        compiled = compile_query_filter(opts)
+
+        def read(
+            store: StateStore, ws: WatchSet | None
+        ) -> tuple[int, tuple[Node, list[ServiceInstance]] | None]:
+            return store.catalog.node_services(ws, name)
+
+        found, headers = await self._read(opts, read)
+        if found is None or peer_requested(request):
+            return json_response(request, None, headers=headers)
+        node, services = found
+        views = apply_filter(compiled, [s.to_node_service() for s in services], lambda v: v)
+        body = {"Node": node.to_api(), "Services": {v["ID"]: v for v in views}}
+        return json_response(request, body, headers=headers)
+
+    async def node_services(self, request: web.Request) -> web.Response:
+        opts = self.ctx.options(request)
+        name = path_name(request, "node")
+        compiled = compile_query_filter(opts)
+
+        def read(
+            store: StateStore, ws: WatchSet | None
+        ) -> tuple[int, tuple[Node, list[ServiceInstance]] | None]:
+            return store.catalog.node_services(ws, name)
+
+        found, headers = await self._read(opts, read)
+        if found is None or peer_requested(request):
+            return web.Response(
+                status=404, text=f"Node not found: {go_quote(name)}", headers=headers
+            )
+        node, services = found
+        views = apply_filter(compiled, [s.to_node_service() for s in services], lambda v: v)
+        return json_response(request, {"Node": node.to_api(), "Services": views}, headers=headers)
+
+    async def gateway_services(self, request: web.Request) -> web.Response:
+        self.ctx.options(request)
+        path_name(request, "gateway")
+        # Gateway-service associations come from ingress/terminating gateway config
+        # entries, which nothing maps into the catalog yet: no gateway has services.
+        meta = self.ctx.meta(self.ctx.store.max_index("nodes", "services"))
+        return json_response(request, [], headers=self.ctx.headers(meta))
+
+
+def _body_dc(body: Any) -> str:
+    if isinstance(body, dict):
+        for key, value in body.items():
+            if str(key).lower() == "datacenter" and isinstance(value, str):
+                return value
+    return ""
+
+
+def _meta_matches(meta: dict[str, str] | None, wanted: dict[str, str]) -> bool:
+    meta = meta or {}
+    return all(key in meta and meta[key] == value for key, value in wanted.items())
 
 
 def register(app: web.Application, ctx: ServerContext) -> None:
     """Add this domain's routes to ``app``."""
+    catalog = Catalog(ctx)
+    router = app.router
+    router.add_put("/v1/catalog/register", catalog.register)
+    router.add_put("/v1/catalog/deregister", catalog.deregister)
+    router.add_get("/v1/catalog/datacenters", catalog.datacenters)
+    router.add_get("/v1/catalog/nodes", catalog.nodes)
+    router.add_get("/v1/catalog/services", catalog.services)
+    router.add_get("/v1/catalog/service/{name:.*}", catalog.service)
+    router.add_get("/v1/catalog/connect/{name:.*}", catalog.connect)
+    router.add_get("/v1/catalog/node/{name:.*}", catalog.node)
+    router.add_get("/v1/catalog/node-services/{name:.*}", catalog.node_services)
+    router.add_get("/v1/catalog/gateway-services/{name:.*}", catalog.gateway_services)
