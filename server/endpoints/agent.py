@@ -1,13 +1,1375 @@
-"""HTTP endpoints of the ``agent`` domain (placeholder: none yet)."""
+"""The ``/v1/agent/*`` endpoints (Consul's ``agent/agent_endpoint.go``) and the agent's local
+state sync.
+
+The agent's own services and checks live in ``server.agent.local.LocalState`` (``ctx.local``);
+``register`` creates one when the agent has not. ``AgentLocal`` (a ctx service) runs the check
+runners and keeps the catalog in step, as Consul's anti-entropy does:
+
+* every change made through this API is synced at once, before the answer (Consul's
+  ``syncChanges``; a failed sync is only logged: the next pass retries);
+* a check whose status changes is synced right away; output-only changes wait for the next
+  pass;
+* a full pass every 60 s (with Consul's random stagger) and on gaining leadership registers
+  everything again.
+
+Writes go through Raft as ``MessageType.REGISTER`` (Consul's ``RegisterRequest``: ``Node``,
+``ID``, ``Address``, ``Datacenter``, ``TaggedAddresses``, ``NodeMeta``, ``Service``, ``Check``
+or ``Checks``, ``SkipNodeUpdate``) and ``MessageType.DEREGISTER`` (``Node`` with ``ServiceID``
+or ``CheckID``). Until the catalog's command handlers exist the sync holds back instead of
+proposing a command the state machine would refuse.
+
+Answers follow Consul: PUTs answer 200 with an empty body; unknown service or check IDs are
+404 with Consul's texts; ``/health/service/*`` answer 200/429/503 by aggregated status.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import ipaddress
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import structlog
 from aiohttp import web
 
+from server import logging as agent_logging
+from server.agent.checks import CHECK_BUF_SIZE, CheckRunners
+from server.agent.local import (
+    CRITICAL,
+    PASSING,
+    SIDECAR_SUFFIX,
+    VALID_STATUSES,
+    WARNING,
+    CheckType,
+    LocalError,
+    LocalState,
+    aggregated_status,
+    parse_check_type,
+)
+from server.commands.types import MessageType
 from server.endpoints.context import ServerContext
+from server.endpoints.http import (
+    HTTPError,
+    fold_keys,
+    json_response,
+    parse_duration_param,
+    read_json,
+)
 
-__all__ = ["register"]
+__all__ = ["API_VERSION", "AgentLocal", "register"]
+
+log = structlog.get_logger("agent.local")
+
+#: The Consul API version this agent implements (reported by /v1/agent/self).
+API_VERSION = "1.22.0"
+REVISION = "proconsul"
+ANTI_ENTROPY_INTERVAL = 60.0
+#: Consul's CheckDeregisterIntervalMin.
+MIN_DEREGISTER_AFTER = 60.0
+ENVOY_VERSIONS = ["1.34.1", "1.33.2", "1.32.5", "1.31.8"]
+
+_SERVICE_FIELDS = (
+    "Kind",
+    "ID",
+    "Name",
+    "Tags",
+    "Address",
+    "TaggedAddresses",
+    "Meta",
+    "Port",
+    "SocketPath",
+    "Check",
+    "Checks",
+    "Weights",
+    "Token",
+    "EnableTagOverride",
+    "Proxy",
+    "Connect",
+    "Locality",
+)
+_PROXY_FIELDS = (
+    "DestinationServiceName",
+    "DestinationServiceID",
+    "LocalServiceAddress",
+    "LocalServicePort",
+    "LocalServiceSocketPath",
+    "Mode",
+    "TransparentProxy",
+    "Config",
+    "Upstreams",
+    "MeshGateway",
+    "Expose",
+    "AccessLogs",
+)
+_SERF_STATUS = {"alive": 1, "suspect": 1, "leaving": 2, "left": 3, "failed": 4, "dead": 4}
+_LOG_LEVELS = {"TRACE": 0, "DEBUG": 10, "INFO": 20, "WARN": 30, "ERR": 40, "ERROR": 40}
+_TOKEN_TYPES = (
+    "default",
+    "agent",
+    "agent_recovery",
+    "agent_master",
+    "replication",
+    "config_file_service_registration",
+    "dns",
+    "acl_token",
+    "acl_agent_token",
+    "acl_agent_master_token",
+    "acl_replication_token",
+)
+
+
+# --- decoding --------------------------------------------------------------------------
+
+
+def _decode_failed(reason: str) -> HTTPError:
+    return HTTPError(400, f"Request decode failed: {reason}")
+
+
+def _decode_check(obj: Any) -> CheckType:
+    try:
+        ct = parse_check_type(obj)
+    except ValueError as exc:
+        raise _decode_failed(str(exc)) from None
+    if 0 < ct.deregister_critical_service_after < MIN_DEREGISTER_AFTER:
+        log.warning(
+            "deregister_interval_too_low",
+            check=ct.check_id or ct.name,
+            minimum=MIN_DEREGISTER_AFTER,
+        )
+        ct.deregister_critical_service_after = MIN_DEREGISTER_AFTER
+    return ct
+
+
+def _tagged_addresses(raw: Any) -> dict[str, dict[str, Any]]:
+    if not raw:
+        return {}
+    if not isinstance(raw, dict):
+        raise _decode_failed("TaggedAddresses must be an object")
+    out = {}
+    for key, value in raw.items():
+        v = fold_keys(value, ("Address", "Port"), what="TaggedAddresses")
+        out[str(key)] = {"Address": str(v.get("Address") or ""), "Port": int(v.get("Port") or 0)}
+    return out
+
+
+def _proxy(raw: Any) -> dict[str, Any]:
+    p = fold_keys(raw, _PROXY_FIELDS, what="Proxy")
+    snake = {
+        "destination_service_name": "DestinationServiceName",
+        "destination_service_id": "DestinationServiceID",
+        "local_service_address": "LocalServiceAddress",
+        "local_service_port": "LocalServicePort",
+        "local_service_socket_path": "LocalServiceSocketPath",
+        "mesh_gateway": "MeshGateway",
+        "transparent_proxy": "TransparentProxy",
+        "access_logs": "AccessLogs",
+    }
+    for key in list(p):
+        if key in snake and snake[key] not in p:
+            p[snake[key]] = p.pop(key)
+    return p
+
+
+def _is_any(address: str) -> bool:
+    addr = address.strip("[]")
+    try:
+        return ipaddress.ip_address(addr).is_unspecified
+    except ValueError:
+        return False
+
+
+def _validate_meta(meta: dict[str, Any], kind: str) -> str | None:
+    if len(meta) > 64:
+        return "Node metadata cannot contain more than 64 key/value pairs"
+    for key, value in meta.items():
+        if not key:
+            return "Key cannot be blank"
+        if len(key) > 128:
+            return "Key is too long (limit: 128 characters)"
+        if key.startswith("consul-") and kind not in ("mesh-gateway", "terminating-gateway"):
+            return "Key prefix 'consul-' is reserved for internal use"
+        if not isinstance(value, str):
+            return f"Value for key {key!r} must be a string"
+        if len(value) > 512:
+            return "Value is too long (limit: 512 characters)"
+    return None
+
+
+def decode_service_definition(raw: Any) -> tuple[dict[str, Any], list[CheckType], Any]:
+    """A ``ServiceDefinition`` body as (NodeService JSON, its check definitions, the
+    ``Connect.SidecarService`` definition or None). 400s as Consul's."""
+    body = fold_keys(raw, _SERVICE_FIELDS)
+    for snake, canon in (
+        ("enable_tag_override", "EnableTagOverride"),
+        ("tagged_addresses", "TaggedAddresses"),
+        ("socket_path", "SocketPath"),
+    ):
+        if snake in body:
+            value = body.pop(snake)
+            if not body.get(canon):
+                body[canon] = value
+    name = body.get("Name") or ""
+    if not isinstance(name, str):
+        raise _decode_failed("Name must be a string")
+    tags = body.get("Tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise _decode_failed("Tags must be a list of strings")
+    meta = body.get("Meta") or {}
+    if not isinstance(meta, dict):
+        raise _decode_failed("Meta must be an object")
+    port = body.get("Port") or 0
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise _decode_failed("Port must be a number")
+    address = body.get("Address") or ""
+    if not isinstance(address, str):
+        raise _decode_failed("Address must be a string")
+    kind = body.get("Kind") or ""
+    ns: dict[str, Any] = {
+        "Kind": kind,
+        "ID": str(body.get("ID") or name),
+        "Service": name,
+        "Tags": list(tags),
+        "Address": address,
+        "TaggedAddresses": _tagged_addresses(body.get("TaggedAddresses")),
+        "Meta": dict(meta),
+        "Port": port,
+        "SocketPath": str(body.get("SocketPath") or ""),
+        "EnableTagOverride": bool(body.get("EnableTagOverride")),
+        "Weights": {"Passing": 1, "Warning": 1},
+    }
+    weights = body.get("Weights")
+    if weights is not None:
+        w = fold_keys(weights, ("Passing", "Warning"), what="Weights")
+        ns["Weights"] = {
+            "Passing": int(w.get("Passing") or 0),
+            "Warning": int(w.get("Warning") or 0),
+        }
+    if body.get("Proxy") is not None:
+        ns["Proxy"] = _proxy(body["Proxy"])
+    if body.get("Locality") is not None:
+        loc = fold_keys(body["Locality"], ("Region", "Zone"), what="Locality")
+        ns["Locality"] = {k: v for k, v in loc.items() if v}
+    sidecar: Any = None
+    if body.get("Connect") is not None:
+        conn = fold_keys(body["Connect"], ("Native", "SidecarService"), what="Connect")
+        if "sidecar_service" in conn and "SidecarService" not in conn:
+            conn["SidecarService"] = conn.pop("sidecar_service")
+        sidecar = conn.pop("SidecarService", None)
+        if conn.get("Native"):
+            ns["Connect"] = {"Native": True}
+    checks: list[CheckType] = []
+    if body.get("Check") is not None:
+        ct = _decode_check(body["Check"])
+        if not ct.empty():
+            checks.append(ct)
+    raw_checks = body.get("Checks") or []
+    if not isinstance(raw_checks, list):
+        raise _decode_failed("Checks must be a list")
+    for item in raw_checks:
+        checks.append(_decode_check(item))
+    return ns, checks, sidecar
+
+
+def agent_service_view(ns: dict[str, Any], datacenter: str) -> dict[str, Any]:
+    """``api.AgentService`` (Consul's ``buildAgentService``)."""
+    weights = ns.get("Weights") or {}
+    out: dict[str, Any] = {}
+    if ns.get("Kind"):
+        out["Kind"] = ns["Kind"]
+    out.update(
+        {
+            "ID": ns.get("ID", ""),
+            "Service": ns.get("Service", ""),
+            "Tags": list(ns.get("Tags") or []),
+            "Meta": dict(ns.get("Meta") or {}),
+            "Port": ns.get("Port", 0),
+            "Address": ns.get("Address", ""),
+        }
+    )
+    if ns.get("SocketPath"):
+        out["SocketPath"] = ns["SocketPath"]
+    if ns.get("TaggedAddresses"):
+        out["TaggedAddresses"] = ns["TaggedAddresses"]
+    out["Weights"] = {
+        "Passing": weights.get("Passing") or 1,
+        "Warning": weights.get("Warning", 1),
+    }
+    out["EnableTagOverride"] = bool(ns.get("EnableTagOverride"))
+    kind = ns.get("Kind") or ""
+    if kind == "connect-proxy" or kind.endswith("-gateway"):
+        proxy = dict(ns.get("Proxy") or {})
+        proxy.setdefault("MeshGateway", {})
+        proxy.setdefault("Expose", {})
+        out["Proxy"] = proxy
+    if (ns.get("Connect") or {}).get("Native"):
+        out["Connect"] = {"Native": True}
+    out["Datacenter"] = datacenter
+    if ns.get("Locality"):
+        out["Locality"] = ns["Locality"]
+    return out
+
+
+def _check_view(check: dict[str, Any]) -> dict[str, Any]:
+    out = dict(check)
+    out["ServiceTags"] = list(out.get("ServiceTags") or [])
+    return out
+
+
+def _content_hash(value: Any) -> str:
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+# --- the local state service ------------------------------------------------------------
+
+
+class AgentLocal:
+    """Runs the check runners and syncs ``LocalState`` to the catalog."""
+
+    def __init__(self, ctx: ServerContext, local: LocalState) -> None:
+        self.ctx = ctx
+        self.local = local
+        self.runners = CheckRunners(local)
+        self.node_in_sync = False
+        self._lock = asyncio.Lock()
+        self._trigger: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._warned_no_handler = False
+        self.tokens: dict[str, str] = {}
+        local.listeners.append(self._on_change)
+
+    # --- service hooks ---
+
+    async def start(self) -> None:
+        self._trigger = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._load_config()
+        self.runners.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._sync_loop(), name="agent-anti-entropy"),
+            loop.create_task(self._reap_loop(), name="agent-reap-critical"),
+        ]
+        self._trigger.set()
+
+    async def stop(self) -> None:
+        self.runners.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+    async def leadership_changed(self, is_leader: bool) -> None:
+        if is_leader:
+            self.local.mark_all_out_of_sync()
+            self.node_in_sync = False
+            if self._trigger is not None:
+                self._trigger.set()
+
+    # --- changes ---
+
+    def _on_change(self, kind: str, ident: str) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = asyncio.Event()
+        if kind == "check-updated" and self._trigger is not None:
+            self._trigger.set()
+
+    async def wait_change(self, timeout: float) -> None:
+        event = self._changed
+        if event is None:
+            await asyncio.sleep(timeout)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
+
+    def _load_config(self) -> None:
+        """Services and checks from the agent's configuration files."""
+        for raw in self.ctx.config.services:
+            try:
+                ns, checks, sidecar = decode_service_definition(raw)
+                add_service(self, ns, checks, sidecar, token="", replace=False)
+            except (HTTPError, LocalError) as exc:
+                log.warning("config_service_invalid", error=getattr(exc, "message", str(exc)))
+        for raw in self.ctx.config.checks:
+            try:
+                ct = _decode_check(raw)
+                check_script_allowed(self.ctx, ct)
+                self.local.add_check(ct.check_id, ct)
+            except (HTTPError, LocalError) as exc:
+                log.warning("config_check_invalid", error=getattr(exc, "message", str(exc)))
+
+    # --- sync ---
+
+    def _node_fields(self) -> dict[str, Any]:
+        cfg = self.ctx.config
+        address = cfg.advertise
+        wan = cfg.advertise_addr_wan or address
+        meta = {"consul-network-segment": "", "consul-version": API_VERSION}
+        meta.update(cfg.node_meta)
+        return {
+            "Node": cfg.node_name,
+            "ID": cfg.node_id,
+            "Address": address,
+            "Datacenter": cfg.datacenter,
+            "TaggedAddresses": {
+                "lan": address,
+                "lan_ipv4": address,
+                "wan": wan,
+                "wan_ipv4": wan,
+            },
+            "NodeMeta": meta,
+        }
+
+    def _can_sync(self) -> bool:
+        from server.commands import HANDLERS  # late: avoids an import cycle at start
+
+        ok = MessageType.REGISTER in HANDLERS and MessageType.DEREGISTER in HANDLERS
+        if not ok and not self._warned_no_handler:
+            self._warned_no_handler = True
+            log.warning("catalog_sync_unavailable", reason="no REGISTER/DEREGISTER handler")
+        return ok
+
+    async def sync(self) -> bool:
+        """Push every out-of-sync entry to the catalog; False if a write failed (logged)."""
+        if self.ctx.fsm is None and self.ctx.raft is None:
+            return False
+        if not self._can_sync():
+            return False
+        async with self._lock:
+            node = self._node_fields()
+            ops = self.local.pending()
+            if not ops and not self.node_in_sync:
+                ops = [("register", {}, [], [])]
+            for op, body, service_ids, check_ids in ops:
+                try:
+                    if op == "register":
+                        request = {**node, **body, "SkipNodeUpdate": self.node_in_sync}
+                        await self.ctx.apply(MessageType.REGISTER, request)
+                        self.node_in_sync = True
+                    else:
+                        await self.ctx.apply(MessageType.DEREGISTER, {"Node": node["Node"], **body})
+                except Exception as exc:
+                    text = getattr(exc, "message", None) or str(exc)
+                    if op == "deregister" and "Unknown" in text:
+                        pass  # already gone from the catalog
+                    else:
+                        log.warning("sync_failed", op=op, body=body, error=text)
+                        return False
+                self.local.mark_synced(op, service_ids, check_ids)
+        return True
+
+    async def sync_changes(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.sync()
+
+    async def _sync_loop(self) -> None:
+        assert self._trigger is not None
+        loop = asyncio.get_running_loop()
+        next_full = loop.time() + ANTI_ENTROPY_INTERVAL + random.uniform(0, 5)
+        while True:
+            remaining = next_full - loop.time()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(remaining, 0)):
+                    await self._trigger.wait()
+            self._trigger.clear()
+            if loop.time() >= next_full:
+                self.local.mark_all_out_of_sync()
+                self.node_in_sync = False
+                next_full = loop.time() + ANTI_ENTROPY_INTERVAL + random.uniform(0, 5)
+            await self.sync_changes()
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for sid in self.local.critical_services_to_reap():
+                log.info("deregister_critical_service", service=sid)
+                with contextlib.suppress(LocalError):
+                    self.local.remove_service(sid)
+                await self.sync_changes()
+
+
+# --- operations shared by handlers and config loading -----------------------------------
+
+
+def check_script_allowed(ctx: ServerContext, ct: CheckType, *, remote: bool = False) -> None:
+    if not ct.is_script():
+        return
+    cfg = ctx.config
+    if cfg.enable_script_checks:
+        return
+    if remote and cfg.enable_local_script_checks:
+        raise HTTPError(
+            500,
+            "Scripts are disabled on this agent from remote calls; to enable, configure "
+            "'enable_script_checks' to true",
+        )
+    if not remote and cfg.enable_local_script_checks:
+        return
+    raise HTTPError(
+        500,
+        "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' to true",
+    )
+
+
+def add_service(
+    agent: AgentLocal,
+    ns: dict[str, Any],
+    checks: list[CheckType],
+    sidecar_def: Any,
+    *,
+    token: str,
+    replace: bool,
+) -> None:
+    """Validate and add a service (and its sidecar) to the local state."""
+    local = agent.local
+    if not ns["Service"]:
+        raise HTTPError(400, "Missing service name")
+    if _is_any(ns["Address"]):
+        raise HTTPError(400, "Invalid service address")
+    weights = ns["Weights"]
+    if weights["Passing"] <= 0:
+        raise HTTPError(400, "Invalid Weights: Passing must be greater than 0")
+    if weights["Warning"] < 0:
+        raise HTTPError(400, "Invalid Weights: Warning must be greater or equal than 0")
+    err = _validate_meta(ns["Meta"], ns["Kind"])
+    if err is not None:
+        raise HTTPError(400, f"Invalid Service Meta: {err}")
+    if ns["Kind"] == "connect-proxy":
+        if not (ns.get("Proxy") or {}).get("DestinationServiceName"):
+            raise HTTPError(
+                400,
+                "Validation failed: Proxy.DestinationServiceName must be non-empty for "
+                "Connect proxy services",
+            )
+        if not ns["Port"] and not ns["SocketPath"]:
+            raise HTTPError(
+                400, "Validation failed: Port or SocketPath must be set for a Connect proxy"
+            )
+    for ct in checks:
+        if ct.status and ct.status not in VALID_STATUSES:
+            raise HTTPError(400, "Status for checks must 'passing', 'warning', 'critical'")
+        err = ct.validate()
+        if err is not None:
+            raise HTTPError(400, f"Invalid check: {err}")
+        check_script_allowed(agent.ctx, ct, remote=True)
+    sidecar: tuple[dict[str, Any], list[CheckType]] | None = None
+    if sidecar_def is not None:
+        sidecar = _sidecar(agent, ns, sidecar_def)
+    try:
+        local.add_service(ns, checks, token=token, replace_existing_checks=replace)
+        if sidecar is not None:
+            local.add_service(
+                sidecar[0],
+                sidecar[1],
+                token=token,
+                replace_existing_checks=replace,
+                sidecar_of=ns["ID"],
+            )
+    except LocalError as exc:
+        raise HTTPError(exc.status, exc.message) from None
+
+
+def _sidecar(
+    agent: AgentLocal, ns: dict[str, Any], raw: Any
+) -> tuple[dict[str, Any], list[CheckType]]:
+    """Consul's ``sidecarServiceFromNodeService`` with its defaults."""
+    raw = fold_keys(raw, _SERVICE_FIELDS, what="SidecarService")
+    if not raw.get("Name"):
+        raw["Name"] = ns["Service"] + SIDECAR_SUFFIX
+    sc, checks, nested = decode_service_definition(raw)
+    if nested is not None:
+        raise HTTPError(
+            400, "Invalid SidecarService: sidecar_service can't have a nested sidecar_service"
+        )
+    sc["ID"] = ns["ID"] + SIDECAR_SUFFIX
+    if not sc["Meta"] and ns["Meta"]:
+        sc["Meta"] = dict(ns["Meta"])
+    if not sc["Tags"] and ns["Tags"]:
+        sc["Tags"] = list(ns["Tags"])
+    if not sc["Kind"]:
+        sc["Kind"] = "connect-proxy"
+    if not sc["Address"]:
+        sc["Address"] = ns["Address"]
+    proxy = dict(sc.get("Proxy") or {})
+    proxy.setdefault("DestinationServiceName", ns["Service"])
+    proxy.setdefault("DestinationServiceID", ns["ID"])
+    if not proxy.get("LocalServiceSocketPath") and (
+        not proxy.get("LocalServiceAddress") or int(proxy.get("LocalServicePort") or 0) < 1
+    ):
+        if ns.get("SocketPath"):
+            proxy["LocalServiceSocketPath"] = ns["SocketPath"]
+        else:
+            proxy.setdefault("LocalServiceAddress", "127.0.0.1")
+            if int(proxy.get("LocalServicePort") or 0) < 1:
+                proxy["LocalServicePort"] = ns["Port"]
+    sc["Proxy"] = proxy
+    if sc["Port"] < 1:
+        try:
+            sc["Port"] = agent.local.sidecar_port(sc["ID"])
+        except LocalError as exc:
+            raise HTTPError(exc.status, exc.message) from None
+    if not checks:
+        address = sc["Address"] or proxy.get("LocalServiceAddress") or "127.0.0.1"
+        host = f"[{address}]" if ":" in address else address
+        checks = [
+            CheckType(name="Connect Sidecar Listening", tcp=f"{host}:{sc['Port']}", interval=10.0),
+            CheckType(name=f"Connect Sidecar Aliasing {ns['ID']}", alias_service=ns["ID"]),
+        ]
+    return sc, checks
+
+
+# --- handlers ---------------------------------------------------------------------------
+
+
+def _parse_enable(request: web.Request) -> bool:
+    if "enable" not in request.query:
+        raise HTTPError(400, "Missing value for enable")
+    raw = request.query["enable"]
+    low = raw.lower()
+    if low in ("1", "t", "true"):
+        return True
+    if low in ("0", "f", "false"):
+        return False
+    raise HTTPError(400, f'Invalid value for enable: "{raw}"')
+
+
+def _token(request: web.Request) -> str:
+    return request.query.get("token", "") or request.headers.get("X-Consul-Token", "")
+
+
+class AgentEndpoint:
+    def __init__(self, ctx: ServerContext, agent: AgentLocal) -> None:
+        self.ctx = ctx
+        self.agent = agent
+        self.local: LocalState = agent.local
+
+    # --- services ---
+
+    async def services(self, request: web.Request) -> web.Response:
+        dc = self.ctx.config.datacenter
+        views = {sid: agent_service_view(s, dc) for sid, s in self.local.all_services().items()}
+        expr = request.query.get("filter", "")
+        kept = self.ctx.apply_filter(expr, views.items(), lambda item: item[1])
+        return json_response(request, dict(kept))
+
+    async def service(self, request: web.Request) -> web.Response:
+        sid = request.match_info["service_id"]
+        wait = 300.0
+        if "wait" in request.query:
+            wait = min(parse_duration_param(request.query["wait"], "wait time") or 300.0, 600.0)
+        want_hash = request.query.get("hash", "")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            svc = self.local.service(sid)
+            if svc is None:
+                raise HTTPError(404, f"unknown service ID: {sid}")
+            view = agent_service_view(svc, self.ctx.config.datacenter)
+            digest = _content_hash(view)
+            view["ContentHash"] = digest
+            remaining = deadline - loop.time()
+            if not want_hash or digest != want_hash or remaining <= 0 or self.ctx.closed:
+                return json_response(request, view, headers={"X-Consul-ContentHash": digest})
+            await self.agent.wait_change(min(remaining, 1.0))
+
+    async def register_service(self, request: web.Request) -> web.Response:
+        raw = await read_json(request, empty={})
+        ns, checks, sidecar = decode_service_definition(raw)
+        q = request.query
+        replace = "replace-existing-checks" in q and q.get("replace-existing-checks") in (
+            "",
+            "true",
+        )
+        add_service(self.agent, ns, checks, sidecar, token=_token(request), replace=replace)
+        await self.agent.sync_changes()
+        return web.Response()
+
+    async def deregister_service(self, request: web.Request) -> web.Response:
+        sid = request.match_info["service_id"]
+        try:
+            self.local.remove_service(sid)
+        except LocalError as exc:
+            raise HTTPError(exc.status, exc.message) from None
+        await self.agent.sync_changes()
+        return web.Response()
+
+    async def service_maintenance(self, request: web.Request) -> web.Response:
+        sid = request.match_info.get("service_id", "")
+        if not sid:
+            raise HTTPError(400, "Missing service ID")
+        enable = _parse_enable(request)
+        if self.local.service(sid) is None:
+            raise HTTPError(
+                404,
+                f'Unknown service ID "{sid}". Ensure that the service ID is passed, not the '
+                "service name.",
+            )
+        try:
+            if enable:
+                self.local.enable_service_maintenance(sid, request.query.get("reason", ""))
+            else:
+                self.local.disable_service_maintenance(sid)
+        except LocalError as exc:
+            raise HTTPError(404, exc.message) from None
+        await self.agent.sync_changes()
+        return web.Response()
+
+    async def node_maintenance(self, request: web.Request) -> web.Response:
+        enable = _parse_enable(request)
+        if enable:
+            self.local.enable_node_maintenance(request.query.get("reason", ""))
+        else:
+            self.local.disable_node_maintenance()
+        await self.agent.sync_changes()
+        return web.Response()
+
+    async def health_by_id(self, request: web.Request) -> web.Response:
+        sid = request.match_info.get("service_id", "")
+        if not sid:
+            raise HTTPError(400, "Missing serviceID")
+        text = _want_text(request)
+        svc = self.local.service(sid)
+        if svc is None:
+            reason = f"ServiceId {sid} not found"
+            if text:
+                return web.Response(status=404, text=reason)
+            missing: dict[str, Any] = {
+                "AggregatedStatus": CRITICAL,
+                "Service": None,
+                "Checks": None,
+            }
+            return json_response(request, missing, status=404)
+        code, status, checks = self._service_health(sid)
+        if text:
+            return web.Response(status=code, text=status)
+        view = agent_service_view(svc, self.ctx.config.datacenter)
+        found: dict[str, Any] = {"AggregatedStatus": status, "Service": view, "Checks": checks}
+        return json_response(request, found, status=code)
+
+    async def health_by_name(self, request: web.Request) -> web.Response:
+        name = request.match_info.get("name", "")
+        if not name:
+            raise HTTPError(400, "Missing service Name")
+        code = 404
+        status = f"ServiceName {name} Not Found"
+        result = []
+        for svc in self.local.services_by_name(name):
+            scode, sstatus, checks = self._service_health(svc["ID"])
+            view = agent_service_view(svc, self.ctx.config.datacenter)
+            result.append({"AggregatedStatus": sstatus, "Service": view, "Checks": checks})
+            if code == 404 or code < scode:
+                code, status = scode, sstatus
+        if _want_text(request):
+            return web.Response(status=code, text=status)
+        return json_response(request, result, status=code)
+
+    def _service_health(self, sid: str) -> tuple[int, str, list[dict[str, Any]]]:
+        checks = [_check_view(c) for c in self.local.checks_for_service(sid, include_node=True)]
+        status = aggregated_status(checks)
+        if status == PASSING:
+            return 200, status, checks
+        if status == WARNING:
+            return 429, status, checks
+        return 503, status, checks
+
+    # --- checks ---
+
+    async def checks(self, request: web.Request) -> web.Response:
+        views = {cid: _check_view(c) for cid, c in self.local.all_checks().items()}
+        expr = request.query.get("filter", "")
+        kept = self.ctx.apply_filter(expr, views.items(), lambda item: item[1])
+        return json_response(request, dict(kept))
+
+    async def register_check(self, request: web.Request) -> web.Response:
+        raw = await read_json(request, empty={})
+        ct = _decode_check(raw)
+        if not ct.name:
+            raise HTTPError(400, "Missing check name")
+        if ct.status and ct.status not in VALID_STATUSES:
+            raise HTTPError(400, "Bad check status")
+        err = ct.validate()
+        if err is not None:
+            raise HTTPError(400, f"Invalid check: {err}")
+        if ct.service_id and self.local.service(ct.service_id) is None:
+            raise HTTPError(404, f'ServiceID "{ct.service_id}" does not exist')
+        check_script_allowed(self.ctx, ct, remote=True)
+        try:
+            self.local.add_check(ct.check_id, ct, token=_token(request))
+        except LocalError as exc:
+            raise HTTPError(exc.status, exc.message) from None
+        await self.agent.sync_changes()
+        return web.Response()
+
+    async def deregister_check(self, request: web.Request) -> web.Response:
+        cid = request.match_info["check_id"]
+        try:
+            self.local.remove_check(cid)
+        except LocalError as exc:
+            raise HTTPError(exc.status, exc.message) from None
+        await self.agent.sync_changes()
+        return web.Response()
+
+    async def check_pass(self, request: web.Request) -> web.Response:
+        return await self._ttl_update(request, PASSING, request.query.get("note", ""))
+
+    async def check_warn(self, request: web.Request) -> web.Response:
+        return await self._ttl_update(request, WARNING, request.query.get("note", ""))
+
+    async def check_fail(self, request: web.Request) -> web.Response:
+        return await self._ttl_update(request, CRITICAL, request.query.get("note", ""))
+
+    async def check_update(self, request: web.Request) -> web.Response:
+        raw = await read_json(request, empty={})
+        body = fold_keys(raw, ("Status", "Output"))
+        status = body.get("Status") or ""
+        if status not in VALID_STATUSES:
+            raise HTTPError(400, f"Invalid check status: '{status}'")
+        output = str(body.get("Output") or "")
+        total = len(output)
+        if total > CHECK_BUF_SIZE:
+            output = f"{output[:CHECK_BUF_SIZE]} ... (captured {CHECK_BUF_SIZE} of {total} bytes)"
+        return await self._ttl_update(request, status, output)
+
+    async def _ttl_update(self, request: web.Request, status: str, output: str) -> web.Response:
+        cid = request.match_info["check_id"]
+        if self.local.check(cid) is None:
+            raise HTTPError(
+                404,
+                f'Unknown check ID "{cid}". Ensure that the check ID is passed, not the check '
+                "name.",
+            )
+        runner = self.agent.runners.ttl(cid)
+        if runner is None:
+            raise HTTPError(500, f'CheckID "{cid}" does not have associated TTL')
+        runner.set_status(status, output)
+        await self.agent.sync_changes()
+        return web.Response()
+
+    # --- the agent itself ---
+
+    def _member_self(self) -> dict[str, Any]:
+        cfg = self.ctx.config
+        return _member_json(
+            cfg.node_name,
+            cfg.advertise,
+            cfg.serf_lan_port,
+            _default_tags(self.ctx, wan=False),
+            1,
+        )
+
+    async def _lan_members(self) -> list[dict[str, Any]]:
+        serf = self.ctx.serf_lan
+        if serf is None:
+            return [self._member_self()]
+        members = await serf.members()
+        return [_member_from_info(m) for m in members]
+
+    async def _wan_members(self) -> list[dict[str, Any]]:
+        serf = self.ctx.serf_wan
+        if serf is not None:
+            return [_member_from_info(m) for m in await serf.members()]
+        cfg = self.ctx.config
+        if not cfg.server and not cfg.dev:
+            return []
+        return [
+            _member_json(
+                f"{cfg.node_name}.{cfg.datacenter}",
+                cfg.advertise_addr_wan or cfg.advertise,
+                cfg.serf_wan_port,
+                _default_tags(self.ctx, wan=True),
+                1,
+            )
+        ]
+
+    async def members(self, request: web.Request) -> web.Response:
+        wan = bool(request.query.get("wan", ""))
+        segment = request.query.get("segment", "")
+        if wan:
+            if segment not in ("", "_all"):
+                raise HTTPError(400, "Cannot provide a segment with wan=true")
+            return json_response(request, await self._wan_members())
+        members = await self._lan_members()
+        if segment and segment != "_all":
+            members = [m for m in members if m["Tags"].get("segment", "") == segment]
+        return json_response(request, members)
+
+    async def self_(self, request: web.Request) -> web.Response:
+        cfg = self.ctx.config
+        name = cfg.node_name
+        member = None
+        for m in await self._lan_members():
+            if m["Name"] == name:
+                member = m
+        if member is None:
+            member = self._member_self()
+        config = {
+            "Datacenter": cfg.datacenter,
+            "PrimaryDatacenter": cfg.primary_datacenter or cfg.datacenter,
+            "NodeName": name,
+            "NodeID": cfg.node_id,
+            "Revision": REVISION,
+            "Server": bool(cfg.server or cfg.dev),
+            "Version": API_VERSION,
+            "BuildDate": "2025-01-01T00:00:00Z",
+        }
+        grpc_tls = cfg.grpc_tls_port
+        xds = {
+            "SupportedProxies": {"envoy": ENVOY_VERSIONS},
+            "Port": grpc_tls if grpc_tls > 0 else cfg.grpc_port,
+            "Ports": {"Plaintext": cfg.grpc_port, "TLS": grpc_tls},
+        }
+        meta = {"consul-network-segment": "", "consul-version": API_VERSION}
+        meta.update(cfg.node_meta)
+        body = {
+            "Config": config,
+            "DebugConfig": _debug_config(self.ctx),
+            "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
+            "Member": member,
+            "Stats": self._stats(),
+            "Meta": meta,
+            "xDS": xds,
+        }
+        return json_response(request, body)
+
+    def _stats(self) -> dict[str, dict[str, str]]:
+        ttl = sum(1 for c in self.local.all_checks().values() if c.get("Type") == "ttl")
+        monitors = sum(
+            1 for c in self.local.all_checks().values() if c.get("Type") in ("script", "docker")
+        )
+        raft = self.ctx.raft
+        stats: dict[str, dict[str, str]] = {
+            "agent": {
+                "check_monitors": str(monitors),
+                "check_ttls": str(ttl),
+                "checks": str(len(self.local.all_checks())),
+                "services": str(len(self.local.all_services())),
+            },
+            "build": {
+                "prerelease": "",
+                "revision": REVISION,
+                "version": API_VERSION,
+                "version_metadata": "",
+            },
+            "runtime": {
+                "arch": platform.machine(),
+                "cpu_count": str(os.cpu_count() or 1),
+                "goroutines": str(len(asyncio.all_tasks())),
+                "max_procs": str(os.cpu_count() or 1),
+                "os": sys.platform,
+                "version": f"python{platform.python_version()}",
+            },
+        }
+        if raft is not None:
+            stats["consul"] = {
+                "server": "true",
+                "leader": "true" if raft.is_leader else "false",
+                "known_datacenters": "1",
+                "bootstrap": "false",
+            }
+        return stats
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        now = time.time()
+        gauges = [
+            {
+                "Name": "consul.runtime.num_goroutines",
+                "Value": float(len(asyncio.all_tasks())),
+                "Labels": {},
+            },
+            {
+                "Name": "consul.agent.local.services",
+                "Value": float(len(self.local.all_services())),
+                "Labels": {},
+            },
+            {
+                "Name": "consul.agent.local.checks",
+                "Value": float(len(self.local.all_checks())),
+                "Labels": {},
+            },
+            {
+                "Name": "consul.runtime.uptime_seconds",
+                "Value": float(now - self.ctx.started_at),
+                "Labels": {},
+            },
+        ]
+        fmt = request.query.get("format", "")
+        accept = request.headers.get("Accept", "")
+        if fmt == "prometheus" or "application/openmetrics-text" in accept:
+            retention = _prometheus_retention(self.ctx)
+            if retention <= 0:
+                return web.Response(
+                    status=200,
+                    headers={
+                        "X-Consul-Reason": "Prometheus is not enabled since its retention time is not positive"
+                    },
+                )
+            lines = []
+            for g in gauges:
+                name = str(g["Name"]).replace(".", "_")
+                lines.append(f"# TYPE {name} gauge")
+                lines.append(f"{name} {g['Value']}")
+            return web.Response(
+                text="\n".join(lines) + "\n",
+                content_type="text/plain",
+                headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+            )
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(now - now % 10))
+        body = {"Timestamp": stamp, "Gauges": gauges, "Points": [], "Counters": [], "Samples": []}
+        return json_response(request, body)
+
+    async def monitor(self, request: web.Request) -> web.StreamResponse:
+        level = request.query.get("loglevel", "") or "INFO"
+        if level.upper() not in _LOG_LEVELS:
+            raise HTTPError(400, f"Unknown log level: {level}")
+        min_level = _LOG_LEVELS[level.upper()]
+        as_json = "logjson" in request.query
+        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=512)
+        dropped = 0
+
+        def sink(levelno: int, event: dict[str, Any]) -> None:
+            nonlocal dropped
+            if levelno < min_level:
+                return
+            try:
+                queue.put_nowait(_render_log(event, as_json))
+            except asyncio.QueueFull:
+                dropped += 1
+
+        remove = agent_logging.add_monitor(sink)
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
+        try:
+            await resp.prepare(request)
+            while not self.ctx.closed:
+                try:
+                    async with asyncio.timeout(1.0):
+                        line = await queue.get()
+                except TimeoutError:
+                    continue
+                await resp.write(line.encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            remove()
+        return resp
+
+    async def join(self, request: web.Request) -> web.Response:
+        address = request.match_info["address"]
+        wan = bool(request.query.get("wan", ""))
+        agent = self.ctx.agent
+        fn = getattr(agent, "join", None) if agent is not None else None
+        if fn is None:
+            raise HTTPError(500, "Joining is not supported by this agent")
+        result = fn(address, wan=wan)
+        if inspect.isawaitable(result):
+            await result
+        return web.Response()
+
+    async def leave(self, request: web.Request) -> web.Response:
+        agent = self.ctx.agent
+        if agent is None:
+            raise HTTPError(500, "Agent is not running")
+        fn = getattr(agent, "leave", None)
+        if fn is not None:
+            result = fn()
+            if inspect.isawaitable(result):
+                await result
+        else:
+            event = getattr(agent, "shutdown_requested", None)
+            if event is None:
+                raise HTTPError(500, "Leave is not supported by this agent")
+            # Answer first, then shut down.
+            asyncio.get_running_loop().call_later(0.1, event.set)
+        return web.Response()
+
+    async def force_leave(self, request: web.Request) -> web.Response:
+        node = request.match_info["node"]
+        prune = "prune" in request.query
+        wan = "wan" in request.query
+        agent = self.ctx.agent
+        fn = getattr(agent, "force_leave", None) if agent is not None else None
+        if fn is not None:
+            result = fn(node, prune=prune, wan=wan)
+            if inspect.isawaitable(result):
+                await result
+            return web.Response()
+        members = await (self._wan_members() if wan else self._lan_members())
+        if not any(m["Name"] == node for m in members):
+            raise HTTPError(500, f"No node found with name '{node}'")
+        if node == self.ctx.config.node_name:
+            raise HTTPError(500, "Can't force-leave the agent itself")
+        raise HTTPError(500, "Force leave is not supported by this agent")
+
+    async def reload(self, request: web.Request) -> web.Response:
+        agent = self.ctx.agent
+        fn = getattr(agent, "reload", None) if agent is not None else None
+        if fn is not None:
+            result = fn()
+            if inspect.isawaitable(result):
+                await result
+        return web.Response()
+
+    async def token(self, request: web.Request) -> web.Response:
+        if not (self.ctx.config.acl or {}).get("enabled"):
+            raise HTTPError(401, "ACL support disabled")
+        kind = request.match_info["kind"]
+        raw = await read_json(request, empty={})
+        body = fold_keys(raw, ("Token",))
+        if kind not in _TOKEN_TYPES:
+            raise HTTPError(404, f'Token "{kind}" is unknown')
+        self.agent.tokens[kind] = str(body.get("Token") or "")
+        return web.Response()
+
+    async def host(self, request: web.Request) -> web.Response:
+        uname = platform.uname()
+        body = {
+            "Memory": _memory(),
+            "CPU": [
+                {"CPU": i, "ModelName": uname.processor or uname.machine}
+                for i in range(os.cpu_count() or 1)
+            ],
+            "Host": {
+                "hostname": uname.node,
+                "uptime": int(time.time() - self.ctx.started_at),
+                "os": sys.platform,
+                "platform": uname.system.lower(),
+                "kernelVersion": uname.release,
+                "kernelArch": uname.machine,
+            },
+            "Disk": _disk(self.ctx.config.data_dir or "/"),
+            "CollectionTime": time.time_ns(),
+            "Errors": None,
+        }
+        return json_response(request, body)
+
+    async def version(self, request: web.Request) -> web.Response:
+        body = {
+            "SHA": REVISION,
+            "BuildDate": "2025-01-01T00:00:00Z",
+            "HumanVersion": API_VERSION,
+            "FIPS": "",
+        }
+        return json_response(request, body)
+
+
+def _want_text(request: web.Request) -> bool:
+    if request.headers.get("Accept", "").startswith("text/plain"):
+        return True
+    fmt = request.query.get("format", "")
+    return fmt == "text"
+
+
+def _member_json(
+    name: str, addr: str, port: int, tags: dict[str, str], status: int
+) -> dict[str, Any]:
+    return {
+        "Name": name,
+        "Addr": addr,
+        "Port": port,
+        "Tags": tags,
+        "Status": status,
+        "ProtocolMin": 1,
+        "ProtocolMax": 5,
+        "ProtocolCur": 2,
+        "DelegateMin": 2,
+        "DelegateMax": 5,
+        "DelegateCur": 4,
+    }
+
+
+def _member_from_info(info: Any) -> dict[str, Any]:
+    host, port = info.addr
+    return _member_json(
+        info.name, host, int(port), dict(info.tags), _SERF_STATUS.get(str(info.status).lower(), 0)
+    )
+
+
+def _default_tags(ctx: ServerContext, *, wan: bool) -> dict[str, str]:
+    cfg = ctx.config
+    tags = {
+        "build": f"{API_VERSION}:{REVISION}",
+        "dc": cfg.datacenter,
+        "id": cfg.node_id,
+        "segment": "",
+        "vsn": "2",
+        "vsn_max": "3",
+        "vsn_min": "2",
+    }
+    if cfg.server or cfg.dev or ctx.raft is not None:
+        tags.update(
+            {
+                "role": "consul",
+                "port": str(cfg.server_port),
+                "raft_vsn": "3",
+                "expect": str(cfg.bootstrap_expect) if cfg.bootstrap_expect else "",
+                "wan_join_port": str(cfg.serf_wan_port),
+                "acls": "1" if (cfg.acl or {}).get("enabled") else "0",
+                "ft_fs": "1",
+                "ft_si": "1",
+            }
+        )
+        if not tags["expect"]:
+            del tags["expect"]
+        if cfg.bootstrap or cfg.dev:
+            tags["bootstrap"] = "1"
+    else:
+        tags["role"] = "node"
+    if wan:
+        tags.pop("segment", None)
+    return tags
+
+
+def _debug_config(ctx: ServerContext) -> dict[str, Any]:
+    cfg = ctx.config
+    return {
+        "Datacenter": cfg.datacenter,
+        "PrimaryDatacenter": cfg.primary_datacenter or cfg.datacenter,
+        "NodeName": cfg.node_name,
+        "NodeID": cfg.node_id,
+        "DataDir": cfg.data_dir,
+        "DevMode": cfg.dev,
+        "ServerMode": bool(cfg.server or cfg.dev),
+        "Bootstrap": cfg.bootstrap,
+        "BootstrapExpect": cfg.bootstrap_expect,
+        "Revision": REVISION,
+        "Version": API_VERSION,
+        "LogLevel": cfg.log_level.upper(),
+        "LogJSON": cfg.log_json,
+        "ClientAddrs": [cfg.client_addr],
+        "BindAddr": cfg.bind_addr,
+        "AdvertiseAddrLAN": cfg.advertise,
+        "AdvertiseAddrWAN": cfg.advertise_addr_wan or cfg.advertise,
+        "HTTPPort": cfg.http_port,
+        "HTTPSPort": cfg.https_port,
+        "DNSPort": cfg.dns_port,
+        "GRPCPort": cfg.grpc_port,
+        "GRPCTLSPort": cfg.grpc_tls_port,
+        "ServerPort": cfg.server_port,
+        "SerfPortLAN": cfg.serf_lan_port,
+        "SerfPortWAN": cfg.serf_wan_port,
+        "RetryJoinLAN": list(cfg.retry_join),
+        "RetryJoinWAN": list(cfg.retry_join_wan),
+        "EnableScriptChecks": cfg.enable_script_checks,
+        "EnableLocalScriptChecks": cfg.enable_local_script_checks,
+        "CheckUpdateInterval": f"{cfg.check_update_interval:g}s",
+        "SessionTTLMin": f"{cfg.session_ttl_min:g}s",
+        "KVMaxValueSize": cfg.kv_max_value_size,
+        "TxnMaxReqLen": cfg.txn_max_req_len,
+        "NodeMeta": dict(cfg.node_meta),
+        "EncryptKey": "hidden" if cfg.encrypt else "",
+        "ACLsEnabled": bool((cfg.acl or {}).get("enabled")),
+        "ConnectEnabled": bool((cfg.connect or {}).get("enabled", cfg.dev)),
+        "ConnectSidecarMinPort": 21000,
+        "ConnectSidecarMaxPort": 21255,
+        "UIConfig": {"Enabled": cfg.ui},
+    }
+
+
+def _prometheus_retention(ctx: ServerContext) -> float:
+    raw = (ctx.config.telemetry or {}).get("prometheus_retention_time")
+    if raw is None:
+        return 0.0
+    try:
+        from server.agent.local import parse_duration_value
+
+        return parse_duration_value(raw)
+    except ValueError:
+        return 0.0
+
+
+def _memory() -> dict[str, int]:
+    total = available = 0
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            value = int(rest.split()[0]) * 1024
+            if key == "MemTotal":
+                total = value
+            elif key == "MemAvailable":
+                available = value
+    return {"total": total, "available": available, "used": total - available}
+
+
+def _disk(path: str) -> dict[str, Any]:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return {}
+    total = st.f_blocks * st.f_frsize
+    free = st.f_bavail * st.f_frsize
+    return {"path": path, "total": total, "free": free, "used": total - free}
+
+
+def _render_log(event: dict[str, Any], as_json: bool) -> str:
+    if as_json:
+        return orjson.dumps(event, default=str).decode() + "\n"
+    stamp = str(event.get("timestamp", ""))
+    level = str(event.get("level", "info")).upper()
+    name = str(event.get("logger", "agent"))
+    text = str(event.get("event", ""))
+    extras = " ".join(
+        f"{k}={v}" for k, v in event.items() if k not in ("timestamp", "level", "event", "logger")
+    )
+    return f"{stamp} [{level}] {name}: {text}{(' ' + extras) if extras else ''}\n"
+
+
+# --- registration -----------------------------------------------------------------------
 
 
 def register(app: web.Application, ctx: ServerContext) -> None:
-    """Add this domain's routes to ``app``."""
+    """Add this domain's routes to ``app`` (and the agent's local state, if it has none)."""
+    if ctx.local is None:
+        ctx.local = LocalState(ctx.config.node_name, datacenter=ctx.config.datacenter)
+    agent = AgentLocal(ctx, ctx.local)
+    ctx.add_service(agent)
+    ep = AgentEndpoint(ctx, agent)
+    r = app.router
+    routes: list[tuple[str, str, Callable[[web.Request], Any]]] = [
+        ("GET", "/v1/agent/self", ep.self_),
+        ("GET", "/v1/agent/members", ep.members),
+        ("GET", "/v1/agent/services", ep.services),
+        ("GET", "/v1/agent/service/{service_id:.+}", ep.service),
+        ("GET", "/v1/agent/health/service/id/{service_id:.*}", ep.health_by_id),
+        ("GET", "/v1/agent/health/service/name/{name:.*}", ep.health_by_name),
+        ("GET", "/v1/agent/checks", ep.checks),
+        ("PUT", "/v1/agent/service/register", ep.register_service),
+        ("PUT", "/v1/agent/service/deregister/{service_id:.+}", ep.deregister_service),
+        ("PUT", "/v1/agent/service/maintenance/{service_id:.*}", ep.service_maintenance),
+        ("PUT", "/v1/agent/maintenance", ep.node_maintenance),
+        ("PUT", "/v1/agent/check/register", ep.register_check),
+        ("PUT", "/v1/agent/check/deregister/{check_id:.+}", ep.deregister_check),
+        ("PUT", "/v1/agent/check/pass/{check_id:.+}", ep.check_pass),
+        ("PUT", "/v1/agent/check/warn/{check_id:.+}", ep.check_warn),
+        ("PUT", "/v1/agent/check/fail/{check_id:.+}", ep.check_fail),
+        ("PUT", "/v1/agent/check/update/{check_id:.+}", ep.check_update),
+        ("PUT", "/v1/agent/join/{address:.+}", ep.join),
+        ("PUT", "/v1/agent/leave", ep.leave),
+        ("PUT", "/v1/agent/force-leave/{node:.+}", ep.force_leave),
+        ("PUT", "/v1/agent/reload", ep.reload),
+        ("GET", "/v1/agent/metrics", ep.metrics),
+        ("GET", "/v1/agent/monitor", ep.monitor),
+        ("PUT", "/v1/agent/token/{kind:.+}", ep.token),
+        ("GET", "/v1/agent/host", ep.host),
+        ("GET", "/v1/agent/version", ep.version),
+    ]
+    for method, path, handler in routes:
+        r.add_route(method, path, handler)
+    # Consul's GET variants of the TTL updates (older clients use them).
+    for verb, handler in (
+        ("pass", ep.check_pass),
+        ("warn", ep.check_warn),
+        ("fail", ep.check_fail),
+    ):
+        r.add_route("GET", f"/v1/agent/check/{verb}/{{check_id:.+}}", handler)
