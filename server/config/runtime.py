@@ -1,6 +1,7 @@
 """``RuntimeConfig``: the one frozen, validated configuration an agent runs with.
 
-Built by ``server.config.load`` from config files (JSON/HCL) and command-line flags merged in
+Built by ``server.config.load.load`` (``server.config.load_runtime_config`` from the agent's
+command line) from config files (JSON/HCL) and command-line flags merged in
 Consul's order; every field has Consul's default. Durations are seconds (float); ports of -1
 mean "disabled", as in Consul.
 """
@@ -86,6 +87,35 @@ class RuntimeConfig:
     sources: dict[str, str] = field(default_factory=dict)
     # The files that were read, in order.
     config_files: tuple[str, ...] = ()
+    # More of Consul's settings (parsed and validated; used as features arrive).
+    https_addr: str = ""
+    grpc_addr: str = ""
+    retry_interval_wan: float = 30.0
+    retry_max_wan: int = 0
+    leave_drain_time: float = 5.0
+    primary_gateways: tuple[str, ...] = ()
+    primary_gateways_interval: float = 30.0
+    recursors: tuple[str, ...] = ()
+    encrypt_verify_incoming: bool = True
+    encrypt_verify_outgoing: bool = True
+    raft_protocol: int = 3
+    disable_update_check: bool = False
+    disable_remote_exec: bool = True
+    disable_coordinates: bool = False
+    translate_wan_addrs: bool = False
+    default_query_time: float = 300.0
+    max_query_time: float = 600.0
+    sidecar_min_port: int = 21000
+    sidecar_max_port: int = 21255
+    expose_min_port: int = 21500
+    expose_max_port: int = 21755
+    tagged_addresses: dict[str, str] = field(default_factory=dict)
+    ui_config: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
+    http_config: dict[str, Any] = field(default_factory=dict)
+    # Every key as merged from all sources (Consul's snake_case names, values as written),
+    # for endpoints that report the configuration (e.g. /v1/agent/self's DebugConfig).
+    raw: dict[str, Any] = field(default_factory=dict)
 
     @property
     def advertise(self) -> str:
