@@ -48,6 +48,7 @@ class MessageType(IntEnum):
     CHUNKING_STATE = 29
     FEDERATION_STATE = 30
     SYSTEM_METADATA = 31
+    PROCONSUL_RESTORE = 200  # Proconsul's own: replace the whole state (PUT /v1/snapshot)
 
 
 #: ``handler(fsm, raft_index, decoded_body) -> result``. The result goes back to the proposer;
