@@ -40,6 +40,7 @@ from server.state.catalog import Node, ServiceInstance
 __all__ = [
     "Catalog",
     "compile_query_filter",
+    "gateway_services",
     "node_meta_filters",
     "register",
     "service_tags",
@@ -246,12 +247,70 @@ class Catalog:
         return json_response(request, {"Node": node.to_api(), "Services": views}, headers=headers)
 
     async def gateway_services(self, request: web.Request) -> web.Response:
-        self.ctx.options(request)
-        path_name(request, "gateway")
-        # Gateway-service associations come from ingress/terminating gateway config
-        # entries, which nothing maps into the catalog yet: no gateway has services.
-        meta = self.ctx.meta(self.ctx.store.max_index("nodes", "services"))
-        return json_response(request, [], headers=self.ctx.headers(meta))
+        opts = self.ctx.options(request)
+        name = path_name(request, "gateway")
+
+        def read(store: StateStore, ws: WatchSet | None) -> tuple[int, list[dict[str, Any]]]:
+            return gateway_services(store, ws, name)
+
+        services, headers = await self._read(opts, read)
+        return json_response(request, services, headers=headers)
+
+
+def gateway_services(
+    store: StateStore, ws: WatchSet | None, gateway: str
+) -> tuple[int, list[dict[str, Any]]]:
+    """The services an ingress or terminating gateway routes to (Consul's
+    ``GatewayServices``), derived from the gateway's config entry: one ``GatewayService`` per
+    listener service (ingress) or linked service (terminating), ordered by service name; a
+    ``*`` service stands for every typical service but ``consul`` (``FromWildcard``)."""
+    entries = store.config_entries
+    index, ingress = entries.get(ws, "ingress-gateway", gateway)
+    _, terminating = entries.get(ws, "terminating-gateway", gateway)
+    services_index, instances = store.catalog.list_services(ws)
+    index = max(index, services_index)
+    typical = sorted({r.service for r in instances if not r.kind and r.service != "consul"})
+    out: list[dict[str, Any]] = []
+
+    def add(entry: dict[str, Any], kind: str, svc: dict[str, Any], **extra: Any) -> None:
+        names = [str(svc.get("Name") or "")]
+        wildcard = names == ["*"]
+        if wildcard:
+            names = typical
+        for svc_name in names:
+            out.append(
+                {
+                    "Gateway": {"Name": gateway},
+                    "Service": {"Name": svc_name},
+                    "GatewayKind": kind,
+                    "Port": extra.get("Port", 0),
+                    "Protocol": extra.get("Protocol", ""),
+                    "Hosts": svc.get("Hosts") or None,
+                    "CAFile": svc.get("CAFile", "") or "",
+                    "CertFile": svc.get("CertFile", "") or "",
+                    "KeyFile": svc.get("KeyFile", "") or "",
+                    "SNI": svc.get("SNI", "") or "",
+                    "FromWildcard": wildcard,
+                    "CreateIndex": entry.get("CreateIndex", 0),
+                    "ModifyIndex": entry.get("ModifyIndex", 0),
+                }
+            )
+
+    if ingress is not None:
+        for listener in ingress.get("Listeners") or ():
+            for svc in listener.get("Services") or ():
+                add(
+                    ingress,
+                    "ingress-gateway",
+                    svc,
+                    Port=listener.get("Port", 0),
+                    Protocol=listener.get("Protocol") or "tcp",
+                )
+    if terminating is not None:
+        for svc in terminating.get("Services") or ():
+            add(terminating, "terminating-gateway", svc)
+    out.sort(key=lambda g: (str(g["Service"]["Name"]), g["GatewayKind"], g["Port"]))
+    return max(index, 1), out
 
 
 def _body_dc(body: Any) -> str:

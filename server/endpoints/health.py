@@ -11,8 +11,8 @@
   ``Invalid value for ?passing`` when it is not a Go bool), ``?tag=`` (repeatable, all must
   match), ``?node-meta=``, ``?filter=`` on the whole object.
 * ``GET /v1/health/connect/<service>``: the same for the service's Connect proxies and
-  Connect-native instances; ``/v1/health/ingress/<service>``: the ingress gateways for it
-  (none until gateway config entries are mapped into the catalog).
+  Connect-native instances; ``/v1/health/ingress/<service>``: the instances of the ingress
+  gateways whose ``ingress-gateway`` config entry routes to it.
 
 All are blocking reads with Consul's indexes (see ``server.state.catalog``); every list is
 ``[]`` rather than ``null``, as Consul's handlers make it.
@@ -121,16 +121,11 @@ class Health:
         return await self._service_nodes(request, connect=True)
 
     async def ingress(self, request: web.Request) -> web.Response:
-        opts = self.ctx.options(request)
-        path_name(request, "service")
-        compile_query_filter(opts)
-        _passing_param(request)
-        # No ingress gateway routes to any service until gateway config entries are mapped
-        # into the catalog; the index is the catalog's, as for any missing service.
-        meta = self.ctx.meta(self.ctx.store.max_index("nodes", "services", "checks"))
-        return json_response(request, [], headers=self.ctx.headers(meta))
+        return await self._service_nodes(request, connect=False, ingress=True)
 
-    async def _service_nodes(self, request: web.Request, *, connect: bool) -> web.Response:
+    async def _service_nodes(
+        self, request: web.Request, *, connect: bool, ingress: bool = False
+    ) -> web.Response:
         opts = self.ctx.options(request)
         name = path_name(request, "service")
         compiled = compile_query_filter(opts)
@@ -139,6 +134,8 @@ class Health:
         passing = _passing_param(request)
 
         def read(store: StateStore, ws: WatchSet | None) -> tuple[int, list[CheckServiceNode]]:
+            if ingress:
+                return ingress_service_nodes(store, ws, name)
             return store.catalog.check_service_nodes(ws, name, tags=tags, connect=connect)
 
         items, meta = await self.ctx.read(opts, read)
@@ -151,6 +148,30 @@ class Health:
             items = [i for i in items if all(c.status == HEALTH_PASSING for c in i[2])]
         views = apply_filter(compiled, [check_service_node_api(i) for i in items], lambda v: v)
         return json_response(request, views, headers=headers)
+
+
+def ingress_service_nodes(
+    store: StateStore, ws: WatchSet | None, service: str
+) -> tuple[int, list[CheckServiceNode]]:
+    """The instances of the ingress gateways whose config entry routes to ``service`` (by
+    name or through a ``*`` listener service), with their checks (Consul's
+    ``CheckIngressServiceNodes``)."""
+    index, entries = store.config_entries.list_kind(ws, "ingress-gateway")
+    wanted = service.lower()
+    gateways: list[str] = []
+    for entry in entries:
+        for listener in entry.get("Listeners") or ():
+            names = {str(s.get("Name") or "").lower() for s in listener.get("Services") or ()}
+            if (wanted in names or "*" in names) and entry.get("Name") not in gateways:
+                gateways.append(str(entry.get("Name")))
+    out: list[CheckServiceNode] = []
+    for gateway in sorted(gateways):
+        gw_index, items = store.catalog.check_service_nodes(ws, gateway)
+        index = max(index, gw_index)
+        out.extend(i for i in items if i[1].kind == "ingress-gateway")
+    if not gateways:
+        index = max(index, store.max_index("nodes", "services", "checks"))
+    return max(index, 1), out
 
 
 def _node_meta_ok(node: Node | None, wanted: dict[str, str]) -> bool:
