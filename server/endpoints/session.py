@@ -21,9 +21,10 @@ The session ID is a uuid4 made here, before the Raft apply (the FSM must be dete
 
 **serfHealth on a fresh agent.** Consul's default check ``serfHealth`` exists once the leader's
 serf reconcile has registered this node in the catalog. A session created for this agent's own
-node while its node or one of its checks is not (yet) in the catalog waits for the reconcile, up
+node while the node or its ``serfHealth`` check is not (yet) in the catalog waits for the reconcile, up
 to ``rpc_hold_timeout`` (7 s), then is proposed anyway, so it fails with Consul's own error if the
-registration never came. Sessions for other nodes never wait.
+registration never came. Only the node and ``serfHealth`` are waited for (a missing check of
+the user's own fails at once), and sessions for other nodes never wait.
 """
 
 from __future__ import annotations
@@ -268,10 +269,9 @@ class SessionEndpoint:
         catalog = self.ctx.store.catalog
         if not catalog.node_exists(session.node):
             return False
-        return all(
-            catalog.check_status(session.node, check_id) is not None
-            for check_id in session.check_ids()
-        )
+        if SERF_CHECK_ID not in session.check_ids():
+            return True
+        return catalog.check_status(session.node, SERF_CHECK_ID) is not None
 
     async def _await_registration(self, session: Session) -> None:
         """Wait (bounded) for the leader's reconcile to register this agent's node and its
