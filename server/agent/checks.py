@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import ssl
 from typing import Any
@@ -208,8 +209,11 @@ class TCPRunner(_Runner):
         except TimeoutError:
             return CRITICAL, f"dial tcp {target}: i/o timeout"
         except (OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            return CRITICAL, f"dial tcp {target}: connect: {reason.lower()}"
+            if isinstance(exc, OSError) and exc.errno:
+                reason = os.strerror(exc.errno).lower()
+            else:
+                reason = str(exc)
+            return CRITICAL, f"dial tcp {target}: connect: {reason}"
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()

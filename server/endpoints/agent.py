@@ -421,7 +421,7 @@ class AgentLocal:
         meta.update(cfg.node_meta)
         return {
             "Node": cfg.node_name,
-            "ID": cfg.node_id,
+            "ID": _node_id(self.ctx),
             "Address": address,
             "Datacenter": cfg.datacenter,
             "TaggedAddresses": {
@@ -919,7 +919,7 @@ class AgentEndpoint:
             "Datacenter": cfg.datacenter,
             "PrimaryDatacenter": cfg.primary_datacenter or cfg.datacenter,
             "NodeName": name,
-            "NodeID": cfg.node_id,
+            "NodeID": _node_id(self.ctx),
             "Revision": REVISION,
             "Server": bool(cfg.server or cfg.dev),
             "Version": API_VERSION,
@@ -976,6 +976,7 @@ class AgentEndpoint:
             stats["consul"] = {
                 "server": "true",
                 "leader": "true" if raft.is_leader else "false",
+                "leader_addr": raft.leader_address() or "",
                 "known_datacenters": "1",
                 "bootstrap": "false",
             }
@@ -1069,12 +1070,16 @@ class AgentEndpoint:
         address = request.match_info["address"]
         wan = bool(request.query.get("wan", ""))
         agent = self.ctx.agent
-        fn = getattr(agent, "join", None) if agent is not None else None
+        name = "join_wan" if wan else "join"
+        fn = getattr(agent, name, None) if agent is not None else None
         if fn is None:
-            raise HTTPError(500, "Joining is not supported by this agent")
-        result = fn(address, wan=wan)
+            pool = "WAN" if wan else "LAN"
+            raise HTTPError(500, f"{pool} join is not supported by this agent")
+        result = fn([address])
         if inspect.isawaitable(result):
-            await result
+            result = await result
+        if isinstance(result, int) and not isinstance(result, bool) and result < 1:
+            raise HTTPError(500, f"1 error occurred:\n\t* Failed to join {address}\n\n")
         return web.Response()
 
     async def leave(self, request: web.Request) -> web.Response:
@@ -1164,6 +1169,10 @@ class AgentEndpoint:
         return json_response(request, body)
 
 
+def _node_id(ctx: ServerContext) -> str:
+    return str(getattr(ctx.agent, "node_id", "") or ctx.config.node_id)
+
+
 def _want_text(request: web.Request) -> bool:
     if request.headers.get("Accept", "").startswith("text/plain"):
         return True
@@ -1201,7 +1210,7 @@ def _default_tags(ctx: ServerContext, *, wan: bool) -> dict[str, str]:
     tags = {
         "build": f"{API_VERSION}:{REVISION}",
         "dc": cfg.datacenter,
-        "id": cfg.node_id,
+        "id": _node_id(ctx),
         "segment": "",
         "vsn": "2",
         "vsn_max": "3",
@@ -1237,7 +1246,7 @@ def _debug_config(ctx: ServerContext) -> dict[str, Any]:
         "Datacenter": cfg.datacenter,
         "PrimaryDatacenter": cfg.primary_datacenter or cfg.datacenter,
         "NodeName": cfg.node_name,
-        "NodeID": cfg.node_id,
+        "NodeID": _node_id(ctx),
         "DataDir": cfg.data_dir,
         "DevMode": cfg.dev,
         "ServerMode": bool(cfg.server or cfg.dev),
