@@ -12,6 +12,14 @@ Consul's rules followed here:
   current result is answered). ``wait`` defaults to 5m, is capped at 10m, and gets up to 1/16
   of random jitter added, as Consul's blocking queries do.
 * A PUT body over 512 KiB (Consul's ``kv_max_value_size`` default) is a 413.
+* ``PUT ?acquire=<session>`` locks the key for the session (storing the body and ``?flags``),
+  ``PUT ?release=<session>`` unlocks it; both answer ``true``/``false`` (false: held by another
+  session, or not held by this one). A missing or unknown session is a 500 with the state
+  store's text (``invalid session "<id>"``). Before proposing a lock, the key's lock delay (left
+  by an invalidated session) is checked on this server's clock, as Consul's leader does in
+  ``kvsPreApply``: under lock delay the answer is ``false`` without a Raft round.
+* ``?cas``, ``?acquire`` and ``?release`` exclude each other, as ``?recurse`` and ``?cas`` on a
+  DELETE do: 400 ``Conflicting flags: <the query string, sorted>``.
 """
 
 from __future__ import annotations
