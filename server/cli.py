@@ -124,7 +124,11 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        where = f"proconsul {args.command}" if args.command else "proconsul"
+        print(f"{where}: unknown flag or argument: {' '.join(extra)}", file=sys.stderr)
+        return 1
     if args.command is None:
         parser.print_help(sys.stderr)
         return 1
