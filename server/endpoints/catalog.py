@@ -12,7 +12,8 @@
   with ``?index``/``?wait``, ``?filter`` (go-bexpr), ``?node-meta=k:v`` (repeatable) and
   ``?tag=`` (repeatable: every tag must match, case-insensitively) where Consul takes them.
   Missing things answer as Consul does: ``/node/<x>`` for an unknown node is ``200 null``,
-  ``/node-services/<x>`` is ``404 Node not found: "<x>"``, empty lists are ``[]``.
+  ``/node-services/<x>`` is ``200 {"Node": null, "Services": null}`` (its zero value), empty
+  lists are ``[]``.
 * ``?filter`` on ``/node/<name>`` applies to each entry of the Services map (Consul filters
   that map, not the document). ``?peer=<name>`` matches nothing (no cluster peering here).
 """
@@ -33,7 +34,6 @@ from server.commands.types import MessageType
 from server.endpoints.context import ServerContext
 from server.endpoints.http import HTTPError, QueryOptions, json_response, read_json
 from server.filter import Filter, FilterError, compile_filter
-from server.filter.strconv import go_quote
 from server.state import StateError, StateStore, WatchSet
 from server.state.catalog import Node, ServiceInstance
 
@@ -239,11 +239,14 @@ class Catalog:
 
         found, headers = await self._read(opts, read)
         if found is None or peer_requested(request):
-            return web.Response(
-                status=404, text=f"Node not found: {go_quote(name)}", headers=headers
-            )
+            # Consul answers its zero-value NodeServiceList for a missing node.
+            return json_response(request, {"Node": None, "Services": None}, headers=headers)
         node, services = found
-        views = apply_filter(compiled, [s.to_node_service() for s in services], lambda v: v)
+        views: list[dict[str, Any]] | None = [s.to_node_service() for s in services]
+        if compiled is not None:
+            views = apply_filter(compiled, views or [], lambda v: v)
+        elif not views:
+            views = None  # a node without services has a nil list
         return json_response(request, {"Node": node.to_api(), "Services": views}, headers=headers)
 
     async def gateway_services(self, request: web.Request) -> web.Response:

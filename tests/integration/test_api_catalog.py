@@ -71,7 +71,7 @@ def test_missing_things_answer_as_consul(agent: Client) -> None:
     missing = agent.get("/v1/catalog/node/t2-nope")
     assert missing.status == 200 and missing.json() is None and missing.index >= 1
     listing = agent.get("/v1/catalog/node-services/t2-nope")
-    assert listing.status == 404 and listing.body == b'Node not found: "t2-nope"'
+    assert listing.status == 200 and listing.json() == {"Node": None, "Services": None}
     assert agent.get("/v1/catalog/service/t2-nope").json() == []
     assert agent.get("/v1/health/service/t2-nope").json() == []
     assert agent.get("/v1/health/checks/t2-nope").json() == []
