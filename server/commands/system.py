@@ -4,15 +4,17 @@
   durations in nanoseconds, ``Config.ModifyIndex`` is the CAS index). Result: whether it wrote
   (always True without CAS).
 * ``SYSTEM_METADATA``: ``{"Op": "upsert"|"delete", "Entries": [{"Key", "Value"}]}``.
-* ``PROCONSUL_RESTORE``: ``{"State": <base64 of a state-store snapshot>}`` replaces the whole
-  state on every server (``PUT /v1/snapshot``); the old store is abandoned, which wakes every
-  blocked query. A snapshot that does not decode raises and leaves the state untouched.
+* ``PROCONSUL_RESTORE``: ``{"State": <base64 of a state-store snapshot>, "Compression":
+  "zlib"|""}`` replaces the whole state on every server (``PUT /v1/snapshot``); the old store
+  is abandoned, which wakes every blocked query. A snapshot that does not decode raises and
+  leaves the state untouched.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import zlib
 from typing import TYPE_CHECKING, Any
 
 from server.commands.types import Handler, MessageType
@@ -72,6 +74,14 @@ def _restore(fsm: ConsulFSM, index: int, body: Any) -> bool:
         data = base64.b64decode(body["State"], validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _malformed("PROCONSUL_RESTORE", exc) from exc
+    compression = body.get("Compression") or ""
+    if compression == "zlib":
+        try:
+            data = zlib.decompress(data)
+        except zlib.error as exc:
+            raise _malformed("PROCONSUL_RESTORE", exc) from exc
+    elif compression:
+        raise _malformed("PROCONSUL_RESTORE", ValueError(f"unknown compression {compression!r}"))
     if not data:
         raise _malformed("PROCONSUL_RESTORE")
     # StateStore.restore raises StateError for a bad snapshot before anything is replaced;

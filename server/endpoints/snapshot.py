@@ -36,9 +36,12 @@ from server.endpoints.http import HTTPError, read_body
 from server.state import StateStore
 from server.state.kvs import StateError
 
-__all__ = ["MAX_SNAPSHOT_SIZE", "build_archive", "read_archive", "register"]
+__all__ = ["MAX_RESTORE_COMMAND", "MAX_SNAPSHOT_SIZE", "build_archive", "read_archive", "register"]
 
 MAX_SNAPSHOT_SIZE = 256 * 1024 * 1024
+#: The largest restore command (base64 of the zlib'd state): under the Raft transport's
+#: 16 MiB message limit with room for the entry's framing.
+MAX_RESTORE_COMMAND = 12 * 1024 * 1024
 _META = "meta.json"
 _STATE = "state.bin"
 _SUMS = "SHA256SUMS"
@@ -152,7 +155,16 @@ def register(app: web.Application, ctx: ServerContext) -> None:
             StateStore.restore(state)  # decodes? (the FSM would refuse it on every server)
         except (ValueError, StateError) as exc:
             raise HTTPError(400, f"Error restoring snapshot: {exc}") from None
-        await ctx.apply(MessageType.PROCONSUL_RESTORE, {"State": base64.b64encode(state).decode()})
+        packed = base64.b64encode(zlib.compress(state, 6)).decode()
+        if len(packed) > MAX_RESTORE_COMMAND:
+            # One Raft entry carries the whole state; beyond the transport's message size it
+            # could never reach the followers.
+            raise HTTPError(
+                413,
+                f"Error restoring snapshot: state too large to replicate ({len(packed)} bytes "
+                f"compressed, limit {MAX_RESTORE_COMMAND} bytes)",
+            )
+        await ctx.apply(MessageType.PROCONSUL_RESTORE, {"State": packed, "Compression": "zlib"})
         return web.Response(status=200)
 
     app.router.add_get("/v1/snapshot", save)

@@ -9,6 +9,7 @@ import gzip
 import io
 import math
 import tarfile
+import zlib
 
 import pytest
 
@@ -239,6 +240,11 @@ def test_restore_command_replaces_the_state_and_wakes_watchers() -> None:
     assert ws.fired and old.abandoned
     assert fsm.store.kvs_get(None, "k")[1].value == b"before"  # type: ignore[union-attr]
     assert fsm.store.kvs_get(None, "other")[1] is None
+    # The compressed form the endpoint sends.
+    fsm.store.kvs_set(7, DirEntry("k", b"again"))
+    packed = {"State": base64.b64encode(zlib.compress(saved)).decode(), "Compression": "zlib"}
+    fsm.apply(8, encode_command(MessageType.PROCONSUL_RESTORE, packed))
+    assert fsm.store.kvs_get(None, "k")[1].value == b"before"  # type: ignore[union-attr]
 
 
 def test_restore_command_with_a_bad_state_leaves_the_store_alone() -> None:
@@ -249,7 +255,13 @@ def test_restore_command_with_a_bad_state_leaves_the_store_alone() -> None:
     with pytest.raises(StateError):
         fsm.apply(4, encode_command(MessageType.PROCONSUL_RESTORE, bad))
     assert fsm.store is store and not store.abandoned
-    for body in ({"State": ""}, {"State": "!!"}, {}):
+    for body in (
+        {"State": ""},
+        {"State": "!!"},
+        {},
+        {"State": "AAAA", "Compression": "zlib"},
+        {"State": "AAAA", "Compression": "lz4"},
+    ):
         with pytest.raises(UnknownCommandError):
             fsm.apply(5, encode_command(MessageType.PROCONSUL_RESTORE, body))
     assert fsm.store is store
