@@ -1326,6 +1326,7 @@ def _render_log(event: dict[str, Any], as_json: bool) -> str:
         return orjson.dumps(event, default=str).decode() + "\n"
     stamp = str(event.get("timestamp", ""))
     level = str(event.get("level", "info")).upper()
+    level = {"WARNING": "WARN", "CRITICAL": "ERROR"}.get(level, level)
     name = str(event.get("logger", "agent"))
     text = str(event.get("event", ""))
     extras = " ".join(
