@@ -12,7 +12,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from helpers.agentproc import Client, start_agent, stop_agent
@@ -170,7 +170,7 @@ def test_ttl_check_updates_and_expiry(agent: Client) -> None:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    seen_headers: list[str] = []
+    seen_headers: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         code = int(self.path.strip("/") or "200")
