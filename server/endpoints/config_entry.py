@@ -32,7 +32,7 @@ from server.endpoints.context import ServerContext
 from server.endpoints.http import HTTPError, json_response, parse_uint_param, read_json
 from server.state import format_duration, parse_duration
 
-__all__ = ["KINDS", "decode_config_entry", "normalize_config_entry", "register"]
+__all__ = ["KINDS", "OPAQUE_KINDS", "decode_config_entry", "normalize_config_entry", "register"]
 
 # --- schemas -----------------------------------------------------------------------------
 # A schema maps canonical field names to a spec: None (a value kept as given), "any" (a free
@@ -182,18 +182,105 @@ _RESOLVER: Schema = {
     "PrioritizeByLocality": "any",
     "LoadBalancer": "any",
 }
-_INGRESS: Schema = {"TLS": "any", "Listeners": "any", "Defaults": "any"}
-_TERMINATING: Schema = {"Services": "any"}
+_TLS_VERSIONS: Schema = {
+    "TLSMinVersion": None,
+    "TLSMaxVersion": None,
+    "CipherSuites": None,
+}
+_INGRESS_SERVICE: Schema = {
+    "Name": None,
+    "Hosts": None,
+    "Namespace": None,
+    "Partition": None,
+    "TLS": "any",
+    "RequestHeaders": _HEADERS,
+    "ResponseHeaders": _HEADERS,
+    "MaxConnections": None,
+    "MaxPendingRequests": None,
+    "MaxConcurrentRequests": None,
+    "PassiveHealthCheck": "any",
+}
+_INGRESS: Schema = {
+    "TLS": ("obj", {"Enabled": None, **_TLS_VERSIONS, "SDS": "any"}),
+    "Listeners": (
+        "list",
+        {
+            "Port": None,
+            "Protocol": None,
+            "Services": ("list", _INGRESS_SERVICE),
+            "TLS": "any",
+        },
+    ),
+    "Defaults": "any",
+}
+_TERMINATING: Schema = {
+    "Services": (
+        "list",
+        {
+            "Name": None,
+            "Namespace": None,
+            "Partition": None,
+            "CAFile": None,
+            "CertFile": None,
+            "KeyFile": None,
+            "SNI": None,
+            "DisableAutoHostRewrite": None,
+        },
+    )
+}
 _MESH: Schema = {
     "TransparentProxy": ("obj", {"MeshDestinationsOnly": None}),
     "AllowEnablingPermissiveMutualTLS": None,
     "ValidateClusters": None,
-    "TLS": "any",
-    "HTTP": "any",
-    "Peering": "any",
+    "TLS": ("obj", {"Incoming": "any", "Outgoing": "any"}),
+    "HTTP": ("obj", {"SanitizeXForwardedClientCert": None, "Incoming": "any"}),
+    "Peering": ("obj", {"PeerThroughMeshGateways": None}),
 }
-_EXPORTED: Schema = {"Services": "any"}
-_INTENTIONS: Schema = {"Sources": "any", "JWT": "any"}
+_EXPORTED: Schema = {
+    "Services": (
+        "list",
+        {
+            "Name": None,
+            "Namespace": None,
+            "Consumers": ("list", {"Partition": None, "Peer": None, "SamenessGroup": None}),
+        },
+    )
+}
+_INTENTIONS: Schema = {
+    "Sources": (
+        "list",
+        {
+            "Name": None,
+            "Peer": None,
+            "Namespace": None,
+            "Partition": None,
+            "SamenessGroup": None,
+            "Action": None,
+            "Permissions": "any",
+            "Precedence": None,
+            "Type": None,
+            "Description": None,
+            "LegacyID": None,
+            "LegacyMeta": "any",
+            "LegacyCreateTime": None,
+            "LegacyUpdateTime": None,
+        },
+    ),
+    "JWT": "any",
+}
+#: Kinds this server stores without modelling their fields (any top-level key is kept).
+OPAQUE_KINDS = frozenset(
+    {
+        "api-gateway",
+        "bound-api-gateway",
+        "http-route",
+        "tcp-route",
+        "inline-certificate",
+        "file-system-certificate",
+        "jwt-provider",
+        "sameness-group",
+    }
+)
 
 #: kind -> (schema, fields always present with their zero value)
 KINDS: dict[str, tuple[Schema, dict[str, Any]]] = {
@@ -303,6 +390,8 @@ def decode_config_entry(raw: Any) -> dict[str, Any]:
         raise ValueError("Payload does not contain a kind/Kind key at the top level")
     if not isinstance(kind_value, str):
         raise ValueError("Kind value in payload is not a string")
+    if kind_value in OPAQUE_KINDS:
+        return _decode_opaque(kind_value, raw)
     if kind_value not in KINDS:
         raise ValueError(f"invalid config entry kind: {kind_value}")
     schema, always = KINDS[kind_value]
@@ -319,6 +408,25 @@ def decode_config_entry(raw: Any) -> dict[str, Any]:
             entry[field] = _copy(always[field])
     if fields.get("Meta"):
         entry["Meta"] = fields["Meta"]
+    return entry
+
+
+def _decode_opaque(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """An entry of a kind whose fields are not modelled: top-level keys folded onto Kind,
+    Name and Meta, everything else kept as given."""
+    entry: dict[str, Any] = {"Kind": kind, "Name": ""}
+    for key, value in raw.items():
+        folded = _norm(str(key))
+        if folded == "kind" or folded in ("createindex", "modifyindex"):
+            continue
+        if folded == "name":
+            entry["Name"] = "" if value is None else str(value)
+        elif folded == "meta":
+            entry["Meta"] = value
+        elif folded in ("namespace", "partition") and value in ("", "default"):
+            continue
+        else:
+            entry[str(key)] = value
     return entry
 
 
@@ -373,7 +481,37 @@ def normalize_config_entry(entry: dict[str, Any]) -> dict[str, Any]:
         _validate_resolver(entry)
     elif kind == "service-router":
         _validate_router(entry)
+    elif kind == "ingress-gateway":
+        _validate_ingress(entry)
     return entry
+
+
+_INGRESS_PROTOCOLS = ("tcp", "http", "http2", "grpc")
+
+
+def _validate_ingress(entry: dict[str, Any]) -> None:
+    seen_ports: set[Any] = set()
+    for listener in entry.get("Listeners") or []:
+        protocol = str(listener.get("Protocol") or "tcp").lower()
+        listener["Protocol"] = protocol
+        port = listener.get("Port", 0)
+        if port in seen_ports:
+            raise ValueError(f"port {port} declared on two listeners")
+        seen_ports.add(port)
+        if protocol not in _INGRESS_PROTOCOLS:
+            raise ValueError(
+                f"protocol must be 'tcp', 'http', 'grpc' or 'http2'. '{protocol}' is an "
+                "unsupported protocol"
+            )
+        services = listener.get("Services") or []
+        if protocol == "tcp" and len(services) > 1:
+            raise ValueError(
+                f"multiple services per listener are only supported for L7 protocols, "
+                f"'http', 'grpc' and 'http2'; listener on port {port} uses protocol 'tcp'"
+            )
+        for service in services:
+            if not service.get("Name"):
+                raise ValueError(f"Service name cannot be blank (listener on port {port})")
 
 
 def _validate_meta(meta: Any) -> None:
@@ -628,7 +766,7 @@ class ConfigEndpoint:
         kind = request.match_info.get("kind", "")
         name = request.match_info.get("name")
         opts = self.ctx.options(request)
-        if kind and kind not in KINDS:
+        if kind and kind not in KINDS and kind not in OPAQUE_KINDS:
             raise HTTPError(500, f"invalid config entry kind: {kind}")
         if name is None:
             entries, meta = await self.ctx.read(
@@ -651,7 +789,7 @@ class ConfigEndpoint:
         kind = request.match_info.get("kind", "")
         name = request.match_info.get("name", "")
         self.ctx.check_datacenter(request.query.get("dc", ""))
-        if kind not in KINDS:
+        if kind not in KINDS and kind not in OPAQUE_KINDS:
             raise HTTPError(400, f"invalid config entry kind: {kind}")
         if kind == "proxy-defaults":
             if name not in ("", "global"):

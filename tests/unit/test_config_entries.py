@@ -465,3 +465,36 @@ def test_ca_commands_store_roots_and_config_atomically() -> None:
     assert restored.connect_ca.roots(None) == table.roots(None)
     assert restored.connect_ca.trust_domain() == TD
     restored.check_invariants()
+
+
+def test_gateway_entries_fold_nested_keys_and_check_listener_protocols() -> None:
+    entry = _entry(
+        {
+            "Kind": "ingress-gateway",
+            "Name": "ig",
+            "listeners": [
+                {"port": 8080, "protocol": "HTTP", "services": [{"name": "web", "hosts": ["a"]}]}
+            ],
+        }
+    )
+    assert entry["TLS"] == {"Enabled": False}
+    assert entry["Listeners"] == [
+        {"Port": 8080, "Protocol": "http", "Services": [{"Name": "web", "Hosts": ["a"]}]}
+    ]
+    with pytest.raises(ValueError, match="'udp' is an unsupported protocol"):
+        _entry(
+            {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [{"Port": 1, "Protocol": "udp"}]}
+        )
+    terminating = _entry(
+        {
+            "Kind": "terminating-gateway",
+            "Name": "tg",
+            "services": [{"name": "db", "ca_file": "/ca.pem"}],
+        }
+    )
+    assert terminating["Services"] == [{"Name": "db", "CAFile": "/ca.pem"}]
+
+
+def test_unmodelled_kinds_are_stored_as_given() -> None:
+    entry = _entry({"kind": "http-route", "name": "r", "Rules": [{"x": 1}], "Parents": []})
+    assert entry == {"Kind": "http-route", "Name": "r", "Rules": [{"x": 1}], "Parents": []}
