@@ -23,7 +23,11 @@ from server.endpoints.http import MAX_QUERY_WAIT, HTTPError
 from server.rpc.errors import NotLeaderError
 from server.rpc.service import FORWARDED_HEADER
 
-__all__ = ["FORWARDED_PREFIXES", "forward_middleware"]
+__all__ = ["FORWARDED_PREFIXES", "ORIGIN_NODE_HEADER", "forward_middleware"]
+
+#: The node name of the server that forwarded a request (agent defaults such as a session's
+#: Node are the origin's, as in Consul where the receiving agent fills them in before its RPC).
+ORIGIN_NODE_HEADER = "X-Proconsul-Origin-Node"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -70,7 +74,10 @@ def forward_middleware(
         message = pb.HttpRequest(
             method=request.method,
             path_qs=request.path_qs,
-            headers=[pb.Header(name=k, value=v) for k, v in request.headers.items()],
+            headers=[
+                *(pb.Header(name=k, value=v) for k, v in request.headers.items()),
+                pb.Header(name=ORIGIN_NODE_HEADER, value=ctx.config.node_name),
+            ],
             body=body,
         )
         loop = asyncio.get_running_loop()

@@ -18,6 +18,10 @@
   (``[]`` when empty), blocking queries and consistency modes as every read.
 
 The session ID is a uuid4 made here, before the Raft apply (the FSM must be deterministic).
+On a follower every session request is forwarded to the leader (``server.endpoints.forward``),
+so renewals reach the leader's TTL timers; a forwarded create defaults ``Node`` to the node of
+the server that received it (``X-Proconsul-Origin-Node``), as Consul's agent fills it in before
+its RPC.
 
 **serfHealth on a fresh agent.** Consul's default check ``serfHealth`` exists once the leader's
 serf reconcile has registered this node in the catalog. A session created for this agent's own
@@ -39,8 +43,10 @@ from aiohttp import web
 from server.commands.session import OP_CREATE, OP_DESTROY, session_body
 from server.commands.types import MessageType
 from server.endpoints.context import ServerContext
+from server.endpoints.forward import ORIGIN_NODE_HEADER
 from server.endpoints.http import HTTPError, fold_keys, json_response, read_json
 from server.leader.session_ttl import SessionTTLTimers
+from server.rpc.service import FORWARDED_HEADER
 from server.state import (
     BEHAVIOR_RELEASE,
     DEFAULT_LOCK_DELAY_NS,
@@ -180,14 +186,17 @@ class SessionEndpoint:
         raw = None
         if request.content_length is None or request.content_length > 0:
             raw = await read_json(request)
-        session = decode_session(raw, ctx.config.node_name)
+        node_name = ctx.config.node_name
+        if FORWARDED_HEADER in request.headers:  # created through a follower: its node
+            node_name = request.headers.get(ORIGIN_NODE_HEADER, node_name)
+        session = decode_session(raw, node_name)
         try:
             session = validate_session_request(
                 session, op=OP_CREATE, ttl_min_ns=round(ctx.config.session_ttl_min * 1e9)
             )
         except StateError as exc:
             raise HTTPError(500, str(exc)) from None
-        if session.node.lower() == ctx.config.node_name.lower():
+        if session.node.lower() == node_name.lower():
             await self._await_registration(session)
         session = replace(session, id=self._new_id())
         result = await ctx.apply(

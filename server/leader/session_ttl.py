@@ -14,8 +14,8 @@ keys, as any destroy does). Here:
 * losing leadership (or stopping) cancels every timer; the next leader re-arms them all from
   its own state, so a session always gets at least its full TTL x 2 after a leader change.
 
-A renew that reaches a follower cannot reset the leader's timer yet (there is no renew RPC to
-the leader); the dev agent is always its own leader.
+Followers forward session requests to the leader (``server.endpoints.forward``), so every
+renew reaches these timers.
 """
 
 from __future__ import annotations
