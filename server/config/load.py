@@ -151,8 +151,20 @@ def _parse_hcl(src: Source) -> Any:
         parsed = hcl2.loads(src.data, serialization_options=options)
     except Exception as exc:  # lark raises several unrelated types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{src.name}: invalid HCL: {first}") from None
+        # Consul reads HCL 1, which also allows quoted keys and commas inside blocks
+        # (``node_meta { "rack-id" = "r1" }``); HCL 2 allows both in object expressions, so
+        # try again with every unlabelled block written as one (``node_meta = { ... }``).
+        compat = _HCL1_BLOCK.sub(r"\1\2 = {", src.data)
+        if compat == src.data:
+            raise ConfigError(f"{src.name}: invalid HCL: {first}") from None
+        try:
+            parsed = hcl2.loads(compat, serialization_options=options)
+        except Exception:
+            raise ConfigError(f"{src.name}: invalid HCL: {first}") from None
     return _unblock(parsed)
+
+
+_HCL1_BLOCK = re.compile(r"(?m)^(\s*)([A-Za-z_][\w-]*)\s*\{")
 
 
 # Keys whose HCL blocks stay a list even when there is one block (lists of definitions).

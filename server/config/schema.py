@@ -238,6 +238,7 @@ SCHEMA: Schema = {
     "retry_join_wan": "strs",
     "retry_max": "int",
     "retry_max_wan": "int",
+    "reporting": "map",
     "rpc": {"enable_streaming": "bool"},
     "segment": "str",
     "segments": "maps",

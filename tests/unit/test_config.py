@@ -590,3 +590,15 @@ def test_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         == f"Config validation failed: config file {bad}: 'bootstrap_expect > 0' requires 'server = true'\n"
     )
     assert main(["validate"]) == 1
+
+
+def test_hcl1_quoted_keys_and_commas(tmp_path: Path) -> None:
+    text = (
+        'node_meta {\n  "rack-id" = "r1"\n}\n'
+        'telemetry {\n  "disable_compat_1.9" = true\n}\n'
+        "ports { http = 8600, dns = -1 }\n"
+    )
+    c = agent("-dev", "-config-file", write(tmp_path, "one.hcl", text))
+    assert c.node_meta == {"rack-id": "r1"}
+    assert c.telemetry == {"disable_compat_1.9": True}
+    assert (c.http_port, c.dns_port) == (8600, -1)
