@@ -3,10 +3,10 @@
 
 * ``CONNECT_CA_CONFIG``: ``{"Op": "set" | "cas", "Config": {...}, "ClusterID": "...",
   "Index": <cas index>}`` -> bool (Consul's ``CASetConfig``/``CACheckAndSetConfig``).
-* ``CONNECT_CA``: ``{"Op": "set-roots", "Index": <roots index or 0>, "Roots": [...],
-  "Config": {...} | null, "ClusterID": "..."}`` -> bool: the roots (CAS on the roots index when
-  ``Index`` is not 0) and, when given, the configuration, in one write (Consul's
-  ``CARootSetCAS`` and ``CASetRootsAndConfig``). The leader builds the root (key generation is
+* ``CONNECT_CA``: ``{"Op": "set-roots" | "set-roots-config", "Index": <roots index or 0>,
+  "Roots": [...], "Config": {...}, "ClusterID": "..."}`` -> bool: the roots (CAS on the roots
+  index when ``Index`` is not 0) and, for ``set-roots-config``, the configuration, in one write
+  (Consul's ``CARootSetCAS`` and ``CASetRootsAndConfig``). The leader builds the root (key generation is
   random) before proposing, so applying is deterministic.
 """
 
@@ -52,7 +52,7 @@ def apply_ca_config(fsm: ConsulFSM, index: int, body: Any) -> bool:
 def apply_ca(fsm: ConsulFSM, index: int, body: Any) -> bool:
     body = _body(body)
     op = body.get("Op")
-    if op != "set-roots":
+    if op not in ("set-roots", "set-roots-config"):
         raise CACommandError(f"Invalid CA operation {op!r}")
     roots = body.get("Roots")
     if not isinstance(roots, list):
@@ -62,7 +62,9 @@ def apply_ca(fsm: ConsulFSM, index: int, body: Any) -> bool:
         if not store.connect_ca.set_roots_txn(tx, roots, int(body.get("Index", 0))):
             return False
         config = body.get("Config")
-        if isinstance(config, dict):
+        if op == "set-roots-config":
+            if not isinstance(config, dict):
+                raise CACommandError("set-roots-config without a Config")
             store.connect_ca.set_config_txn(tx, config, str(body.get("ClusterID", "")))
     return True
 

@@ -212,17 +212,17 @@ def _validate_config(config: dict[str, Any]) -> None:
                 raise HTTPError(500, f"error decoding '{key}': {exc}") from None
     leaf = parse_duration(str(config.get("LeafCertTTL", "72h")))
     if leaf < 3_600_000_000_000:
-        raise HTTPError(500, "LeafCertTTL must be at least 1h")
+        raise HTTPError(500, "leaf cert TTL must be greater than 1h")
     if leaf > 365 * 24 * 3_600_000_000_000:
-        raise HTTPError(500, "LeafCertTTL must be less than 8760h")
+        raise HTTPError(500, "leaf cert TTL must be less than 1 year")
     key_type = str(config.get("PrivateKeyType", "ec")).lower()
     bits = int(config.get("PrivateKeyBits", 256))
     if key_type == "ec" and bits not in (224, 256, 384, 521):
-        raise HTTPError(500, "EC key length must be one of (224, 256, 384, 521) bits")
+        raise HTTPError(500, "ECDSA key length must be one of (224, 256, 384, 521) bits")
     if key_type == "rsa" and bits not in (2048, 4096):
         raise HTTPError(500, "RSA key length must be 2048 or 4096 bits")
     if key_type not in ("ec", "rsa"):
-        raise HTTPError(500, "private key type must be either 'ec' or 'rsa'")
+        raise HTTPError(500, "private key type must be either 'ecdsa' or 'rsa'")
 
 
 class CAManager:
@@ -284,7 +284,7 @@ class CAManager:
             await self.ctx.apply(
                 MessageType.CONNECT_CA,
                 {
-                    "Op": "set-roots",
+                    "Op": "set-roots-config",
                     "Index": table.roots_index(),
                     "Roots": [*roots, root],
                     "Config": config,
@@ -404,7 +404,7 @@ class ConnectCAEndpoint:
             await self.ctx.apply(
                 MessageType.CONNECT_CA,
                 {
-                    "Op": "set-roots",
+                    "Op": "set-roots-config",
                     "Index": table.roots_index(),
                     "Roots": [*roots, root],
                     "Config": config,

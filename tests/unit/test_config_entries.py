@@ -440,13 +440,19 @@ def test_ca_commands_store_roots_and_config_atomically() -> None:
     fsm = ConsulFSM(StateStore())
     root = generate_root(CLUSTER, DEFAULT_CA_CONFIG)
     config = {"Provider": "consul", "Config": dict(DEFAULT_CA_CONFIG), "State": None}
-    body = {"Op": "set-roots", "Index": 0, "Roots": [root], "Config": config, "ClusterID": CLUSTER}
+    body = {
+        "Op": "set-roots-config",
+        "Index": 0,
+        "Roots": [root],
+        "Config": config,
+        "ClusterID": CLUSTER,
+    }
     assert fsm.apply(5, encode_command(MessageType.CONNECT_CA, body)) is True
     table = fsm.store.connect_ca
     assert table.trust_domain() == TD
     assert table.config(None)[1]["CreateIndex"] == 5  # type: ignore[index]
     # A stale roots CAS changes nothing.
-    stale = {"Op": "set-roots", "Index": 3, "Roots": [], "Config": None}
+    stale = {"Op": "set-roots", "Index": 3, "Roots": []}
     assert fsm.apply(6, encode_command(MessageType.CONNECT_CA, stale)) is False
     assert table.roots(None)[0] == 5
     new_config = {**config, "Config": {**DEFAULT_CA_CONFIG, "LeafCertTTL": "24h"}}
