@@ -17,6 +17,9 @@ the state's (duplicate names, unknown sessions) are 500s with Consul's text, as 
 errors are. Update and delete of a missing query: ``Cannot modify non-existent prepared query:
 '<id>'``.
 
+Execute and explain bodies also carry Consul's embedded ``QueryMeta`` fields (``Index``,
+``LastContact``, ``KnownLeader``, ``ConsistencyLevel``...).
+
 Execution: healthy instances are those with no critical check (no warning either with
 ``OnlyPassing``), ignoring ``IgnoreCheckIDs``; then ``Tags`` (``!tag`` excludes),
 ``NodeMeta`` and ``ServiceMeta`` filters. Failover to other datacenters is not done (there is
@@ -234,6 +237,20 @@ def _meta_match(meta: Any, wanted: dict[str, str] | None) -> bool:
     return all(have.get(k) == v for k, v in wanted.items())
 
 
+def _query_meta(meta: Any) -> dict[str, Any]:
+    """Consul embeds ``QueryMeta`` (no JSON tag) in the execute and explain responses, so its
+    fields show up in their bodies."""
+    return {
+        "Index": meta.index,
+        "LastContact": meta.last_contact_ms * 1_000_000,
+        "KnownLeader": meta.known_leader,
+        "ConsistencyLevel": meta.consistency,
+        "NotModified": False,
+        "Backend": 0,
+        "ResultsFilteredByACLs": False,
+    }
+
+
 class QueryEndpoint:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
@@ -359,12 +376,13 @@ class QueryEndpoint:
             "DNS": ordered_query(query)["DNS"],
             "Datacenter": self.ctx.config.datacenter,
             "Failovers": 0,
+            **_query_meta(meta),
         }
         return json_response(request, body, headers=self.ctx.headers(meta))
 
     async def explain(self, request: web.Request) -> web.Response:
         query, meta, _ = await self._resolve(request, False)
-        body = {"Query": ordered_query(query)}
+        body = {"Query": ordered_query(query), **_query_meta(meta)}
         return json_response(request, body, headers=self.ctx.headers(meta))
 
 

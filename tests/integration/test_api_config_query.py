@@ -218,6 +218,7 @@ def test_prepared_query_lifecycle_and_execute(dev_agent: Client) -> None:
     result = executed.json()
     assert (result["Service"], result["Datacenter"], result["Failovers"]) == ("redis", "dc1", 0)
     assert result["DNS"] == {"TTL": "10s"}
+    assert result["Index"] == executed.index and result["KnownLeader"] is True
     assert [n["Node"]["Node"] for n in result["Nodes"]] == ["n1"]
 
     dup = _post(c, "/v1/query", {"Name": "redisq", "Service": {"Service": "x"}})
