@@ -9,7 +9,10 @@ One check needs the other entries and so runs here, inside the write: a service-
 service-splitter needs its service to speak an L7 protocol (http, http2, grpc), else Consul's
 ``discovery chain "<svc>" uses a protocol "<p>" that does not permit advanced routing or
 splitting behavior``. The same check guards changing a service's protocol under an existing
-router or splitter.
+router or splitter. After any write that shapes discovery chains (routers, splitters,
+resolvers, service-defaults, proxy-defaults; deletes included) every chain must still compile
+(``server.endpoints.discovery_chain``): a split or route to a subset its resolver does not
+define, or a redirect loop, is refused with the compiler's message.
 """
 
 from __future__ import annotations
@@ -59,6 +62,24 @@ def _check_l7(table: ConfigEntryTable, services: set[str]) -> None:
             )
 
 
+_CHAIN_KINDS = ("service-router", "service-splitter", "service-resolver")
+
+
+def _check_chains(table: ConfigEntryTable) -> None:
+    """Every discovery chain that config entries shape must still compile (Consul validates
+    the proposed graph the same way, e.g. a split to a subset its resolver lacks)."""
+    from server.endpoints.discovery_chain import ChainError, compile_chain  # late: layering
+
+    names: set[str] = set()
+    for kind in _CHAIN_KINDS:
+        names.update(str(row["Name"]) for row in table.list_kind(None, kind)[1])
+    for service in sorted(names):
+        try:
+            compile_chain(table, service, "dc", "validation.consul")
+        except ChainError as exc:
+            raise ConfigEntryError(str(exc)) from None
+
+
 def _affected(table: ConfigEntryTable, kind: str, name: str) -> set[str]:
     if kind in ("service-router", "service-splitter", "service-defaults"):
         return {name}
@@ -86,13 +107,16 @@ def apply_config_entry(fsm: ConsulFSM, index: int, body: Any) -> bool:
             result = table.upsert_cas_txn(tx, entry, int(entry.get("ModifyIndex", 0)))
         elif op == "delete":
             table.delete_txn(tx, kind, name)
-            return True
+            result = True
         elif op == "delete-cas":
-            return table.delete_cas_txn(tx, kind, name, int(entry.get("ModifyIndex", 0)))
+            result = table.delete_cas_txn(tx, kind, name, int(entry.get("ModifyIndex", 0)))
         else:
             raise ConfigEntryError(f"Invalid config entry operation {op!r}")
         if result:
-            _check_l7(table, _affected(table, kind, name))
+            if op.startswith("upsert"):
+                _check_l7(table, _affected(table, kind, name))
+            if kind in _CHAIN_KINDS or kind in ("service-defaults", "proxy-defaults"):
+                _check_chains(table)
     return result
 
 

@@ -302,8 +302,8 @@ class _Compiler:
         target.update({"Namespace": NS, "Partition": AP, "Datacenter": dc})
         target["MeshGateway"] = self.mesh_gateway(service)
         subset_def: dict[str, Any] = {}
-        if subset and resolver is not None:
-            definition = (resolver.get("Subsets") or {}).get(subset)
+        if subset:
+            definition = ((resolver or {}).get("Subsets") or {}).get(subset)
             if definition is None:
                 raise ChainError(f'service "{service}" does not have a subset named "{subset}"')
             subset_def = {k: v for k, v in definition.items() if v not in ("", False, None)}

@@ -411,11 +411,40 @@ def test_redirect_loop_is_an_error() -> None:
     _apply(
         fsm, 2, "upsert", {"Kind": "service-resolver", "Name": "a", "Redirect": {"Service": "b"}}
     )
-    _apply(
-        fsm, 3, "upsert", {"Kind": "service-resolver", "Name": "b", "Redirect": {"Service": "a"}}
-    )
+    with pytest.raises(ValueError, match="circular"):
+        _apply(
+            fsm,
+            3,
+            "upsert",
+            {"Kind": "service-resolver", "Name": "b", "Redirect": {"Service": "a"}},
+        )
+    assert fsm.store.config_entries.get(None, "service-resolver", "b")[1] is None
+    # The compiler refuses a loop it is handed anyway.
+    with fsm.store.write_txn(4) as tx:
+        fsm.store.config_entries.upsert_txn(
+            tx, {"Kind": "service-resolver", "Name": "b", "Redirect": {"Service": "a"}}
+        )
     with pytest.raises(ChainError, match="circular"):
         compile_chain(fsm.store.config_entries, "a", "dc1", TD)
+
+
+def test_writes_that_break_a_chain_are_refused() -> None:
+    fsm = ConsulFSM(StateStore())
+    _apply(fsm, 2, "upsert", {"Kind": "service-defaults", "Name": "web", "Protocol": "http"})
+    split = {
+        "Kind": "service-splitter",
+        "Name": "web",
+        "Splits": [{"Weight": 50, "ServiceSubset": "v1"}, {"Weight": 50, "ServiceSubset": "v2"}],
+    }
+    with pytest.raises(ValueError, match='service "web" does not have a subset named "v1"'):
+        _apply(fsm, 3, "upsert", split)
+    resolver = {"Kind": "service-resolver", "Name": "web", "Subsets": {"v1": {}, "v2": {}}}
+    _apply(fsm, 4, "upsert", resolver)
+    assert _apply(fsm, 5, "upsert", split) is True
+    # Deleting the resolver the splitter needs is refused too; the entry stays.
+    with pytest.raises(ValueError, match="does not have a subset named"):
+        _apply(fsm, 6, "delete", {"Kind": "service-resolver", "Name": "web"})
+    assert fsm.store.config_entries.get(None, "service-resolver", "web")[1] is not None
 
 
 # --- Connect CA ------------------------------------------------------------------------------
