@@ -30,7 +30,8 @@ Consul's rules (``agent/consul/state/catalog.go``) kept here:
   ``Missing node registration``; a check without a status is ``critical``.
 * **Sessions**: a check turning (or registered) critical destroys the sessions that depend on
   it, deleting a check destroys its sessions, and deleting a node destroys the node's sessions,
-  all in the same transaction (through ``SessionHooks``, which the store implements).
+  all in the same transaction (through ``SessionHooks``, which the store implements). Deleting
+  a node also calls ``on_node_delete`` (the store deletes the node's coordinates there).
   Deregistering a service deletes its checks; deregistering a node deletes everything on it.
 """
 
@@ -484,9 +485,15 @@ class CatalogTable(StateTable):
 
     name = "catalog"
 
-    def __init__(self, indexes: IndexTable, sessions: SessionHooks | None = None) -> None:
+    def __init__(
+        self,
+        indexes: IndexTable,
+        sessions: SessionHooks | None = None,
+        on_node_delete: Callable[[WriteTxn, str], object] | None = None,
+    ) -> None:
         super().__init__(indexes)
         self._sessions = sessions
+        self._on_node_delete = on_node_delete
         self._nodes: dict[str, Node] = {}
         self._node_ids: dict[str, str] = {}
         self._services: dict[ServiceKey, ServiceInstance] = {}
@@ -833,6 +840,8 @@ class CatalogTable(StateTable):
         self._set_value(tx, self._node_index, key, None)
         tx.notify(self.node_watches, key)
         self._set_value(tx, self._extinction, "node", tx.idx)
+        if self._on_node_delete is not None:
+            self._on_node_delete(tx, row.node)  # the node's network coordinates go too
         if self._sessions is not None:
             for session in self._sessions.node_sessions(None, row.node)[1]:
                 self._sessions.session_destroy_txn(tx, session.id, now)

@@ -210,7 +210,11 @@ class StateStore:
         self._indexes = IndexTable()
         # The tables beyond KV and sessions, one module each (see ``server.state.tables``);
         # endpoints use them directly: ``store.catalog.<read>(ws, ...)``.
-        self.catalog = CatalogTable(self._indexes, sessions=self)
+        self.catalog = CatalogTable(
+            self._indexes,
+            sessions=self,
+            on_node_delete=lambda tx, node: self.coordinates.delete_node_txn(tx, node),
+        )
         self.coordinates = CoordinateTable(self._indexes)
         self.config_entries = ConfigEntryTable(self._indexes)
         self.prepared_queries = PreparedQueryTable(self._indexes)

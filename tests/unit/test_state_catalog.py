@@ -437,3 +437,19 @@ def test_leader_probes(fsm: ConsulFSM) -> None:
     assert catalog.serf_view("n1", "serfHealth", "consul") == ("10.0.0.1", "passing", True)
     assert catalog.serf_view("n2", "serfHealth", "consul") == ("10.0.0.2", None, False)
     assert catalog.serf_view("n3", "serfHealth", "consul") is None
+
+
+def test_deregistering_a_node_deletes_its_coordinates(fsm: ConsulFSM) -> None:
+    from server.state.coordinates import CoordinateEntry, origin_coord
+
+    store = fsm.store
+    reg(fsm, 5, Node="n1")
+    reg(fsm, 6, Node="n2", Address="10.0.0.2")
+    with store.write_txn(7) as tx:
+        store.coordinates.batch_update_txn(
+            tx,
+            [CoordinateEntry("n1", "", origin_coord()), CoordinateEntry("n2", "", origin_coord())],
+            store.catalog.node_exists,
+        )
+    dereg(fsm, 8, Node="n1")
+    assert [e.node for e in store.coordinates.list_all(None)[1]] == ["n2"]
