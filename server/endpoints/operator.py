@@ -557,10 +557,15 @@ def register(app: web.Application, ctx: ServerContext) -> None:
         try:
             getattr(ring, op)(key)
         except ValueError as exc:
+            text = str(exc)
+            if "primary" in text:
+                text = "Removing the primary key is not allowed"  # memberlist's text
+            elif "not installed" in text:
+                text = "Requested key is not in the keyring"
             raise HTTPError(
                 500,
                 f"2 errors occurred:\n\t* {ctx.config.datacenter} (LAN) error: 1/1 nodes "
-                f"reported failure\n\t* {ctx.config.node_name}: {exc}\n\n",
+                f"reported failure\n\t* {ctx.config.node_name}: {text}\n\n",
             ) from None
         return web.Response(status=200)
 

@@ -189,6 +189,15 @@ def test_events_fire_list_and_block(dev_agent: Client) -> None:
     excluded = dev_agent.put("/v1/event/fire/deploy?node=^no-such-node$").json()
     assert excluded["ID"] not in [e["ID"] for e in dev_agent.get("/v1/event/list").json()]
     assert dev_agent.put("/v1/event/fire/x?tag=a").status == 500
+    # Service and tag filters match this agent's own services.
+    service = {"Name": "web", "Tags": ["blue"], "Port": 80}
+    assert dev_agent.put_json("/v1/agent/service/register", service).status == 200
+    kept = [
+        dev_agent.put(f"/v1/event/fire/svc?{query}").json()["ID"]
+        for query in ("service=^web$", "service=w.b&tag=^bl", "service=api", "service=web&tag=red")
+    ]
+    ids = [e["ID"] for e in dev_agent.get("/v1/event/list?name=svc").json()]
+    assert ids == kept[:2]
     # Blocking: wakes when a new event arrives.
     index = dev_agent.get("/v1/event/list").index
     timer = threading.Timer(0.3, lambda: dev_agent.put("/v1/event/fire/later"))
