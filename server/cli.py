@@ -69,6 +69,8 @@ def _build_parser() -> argparse.ArgumentParser:
 def _cmd_agent(args: argparse.Namespace) -> int:
     import asyncio
 
+    import structlog
+
     from server.agent import run_agent
     from server.config import ConfigError, load_runtime_config
     from server.logging import configure
@@ -90,6 +92,9 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"proconsul agent: {exc}", file=sys.stderr)
         return 1
+    log = structlog.get_logger("config")
+    for warning in config.warnings:
+        log.warning("config_warning", message=warning)
     try:
         code: int = asyncio.run(run_agent(config))
     except OSError as exc:

@@ -69,10 +69,12 @@ class LoadOptions:
 # --------------------------------------------------------------------------- reading sources
 
 
-def read_sources(paths: Iterable[str], config_format: str = "") -> list[Source]:
+def read_sources(
+    paths: Iterable[str], config_format: str = "", warnings: list[str] | None = None
+) -> list[Source]:
     """Files and directories, in Consul's order: a directory's ``*.json``/``*.hcl`` files in
-    lexical order (other files in it are skipped); a file with another extension needs
-    ``-config-format``."""
+    lexical order (other files in it are skipped, with a warning appended to ``warnings``); a
+    file with another extension needs ``-config-format``."""
     if config_format not in ("", "json", "hcl"):
         raise ConfigError(f"-config-format must be either 'hcl' or 'json', not {config_format!r}")
     out: list[Source] = []
@@ -89,8 +91,15 @@ def read_sources(paths: Iterable[str], config_format: str = "") -> list[Source]:
             for name in names:
                 full = os.path.join(path, name)
                 fmt = _format_of(name, config_format)
-                if fmt and not os.path.isdir(full):
+                if os.path.isdir(full):
+                    continue
+                if fmt:
                     out.append(Source(f"config file {full}", fmt, _read(full)))
+                elif warnings is not None:
+                    warnings.append(
+                        f"skipping file {full}: the extension must be .hcl or .json, "
+                        "or -config-format must be set"
+                    )
             continue
         fmt = _format_of(path, config_format)
         if not fmt:
@@ -459,8 +468,11 @@ def build(
     resolve_ports: bool = True,
     hostname: str | None = None,
     require_data_dir: bool = True,
+    warnings: list[str] | None = None,
 ) -> RuntimeConfig:
-    """The ``RuntimeConfig`` for merged, schema-checked values; semantic checks as Consul's."""
+    """The ``RuntimeConfig`` for merged, schema-checked values; semantic checks as Consul's.
+    Problems Consul only warns about are returned in ``RuntimeConfig.warnings``."""
+    warn: list[str] = list(warnings or [])
 
     def fail(key: str, msg: str) -> ConfigError:
         origin = sources.get(key)
@@ -586,6 +598,27 @@ def build(
         )
     if expect == 1:  # Consul: the same as bootstrap mode
         bootstrap, expect = True, 0
+        warn.append("bootstrap_expect = 1 is the same as bootstrap mode")
+    if server and not dev and not bootstrap and expect == 2:
+        warn.append("bootstrap_expect = 2: a cluster of 2 servers tolerates no failure")
+    elif server and not bootstrap and expect > 2 and expect % 2 == 0:
+        warn.append(
+            f"bootstrap_expect = {expect}: an even number of servers adds no fault tolerance"
+        )
+    if server and bootstrap and not dev:
+        warn.append("bootstrap = true: do not enable unless necessary")
+    if server and not dev and not bootstrap and expect > 1:
+        warn.append(f"bootstrap_expect > 0: expecting {expect} servers")
+    if re.search(r"[^A-Za-z0-9-]", node_name):
+        warn.append(
+            f"node name {json.dumps(node_name)} will not be discoverable via DNS: only "
+            "letters, digits and dashes are valid there"
+        )
+    elif len(node_name) > 63:
+        warn.append(
+            f"node name {json.dumps(node_name)} will not be discoverable via DNS: it is "
+            "longer than 63 bytes"
+        )
 
     multiplier = perf.get("raft_multiplier", 5)
     if not 1 <= multiplier <= 10:
@@ -714,6 +747,17 @@ def build(
         if not isinstance(name, str) or not name:
             raise fail("services", "service definition: missing service name")
 
+    if (
+        g("enable_script_checks", False)
+        and not acl.get("enabled", False)
+        and not g("http_config", {}).get("allow_write_http_from")
+    ):
+        warn.append(
+            "enable_script_checks without ACLs or http_config.allow_write_http_from lets "
+            "anyone who reaches the HTTP API run commands here; prefer "
+            "enable_local_script_checks"
+        )
+
     tls: dict[str, Any] = g("tls", {})
     return RuntimeConfig(
         node_name=node_name,
@@ -794,6 +838,7 @@ def build(
         disable_remote_exec=bool(g("disable_remote_exec", True)),
         disable_coordinates=bool(g("disable_coordinates", False)),
         raw=merged,
+        warnings=tuple(warn),
         **resolved_ports,
     )
 
@@ -822,7 +867,8 @@ def load(
     sources: dict[str, str] = {}
     if opts.dev:
         merge(merged, DEV_DEFAULTS, "", {})
-    files = read_sources(opts.config_files, opts.config_format)
+    warnings: list[str] = []
+    files = read_sources(opts.config_files, opts.config_format, warnings)
     fragments = files + [
         Source(f"-hcl fragment {i + 1}", "hcl", text) for i, text in enumerate(opts.hcl)
     ]
@@ -842,4 +888,5 @@ def load(
         resolve_ports=opts.resolve_ports,
         hostname=hostname,
         require_data_dir=require_data_dir,
+        warnings=warnings,
     )

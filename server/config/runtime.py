@@ -116,6 +116,8 @@ class RuntimeConfig:
     # Every key as merged from all sources (Consul's snake_case names, values as written),
     # for endpoints that report the configuration (e.g. /v1/agent/self's DebugConfig).
     raw: dict[str, Any] = field(default_factory=dict)
+    # What Consul only warns about (the agent logs each at start).
+    warnings: tuple[str, ...] = ()
 
     @property
     def advertise(self) -> str:

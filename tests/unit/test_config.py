@@ -602,3 +602,20 @@ def test_hcl1_quoted_keys_and_commas(tmp_path: Path) -> None:
     assert c.node_meta == {"rack-id": "r1"}
     assert c.telemetry == {"disable_compat_1.9": True}
     assert (c.http_port, c.dns_port) == (8600, -1)
+
+
+def test_warnings_as_consul_gives_them(tmp_path: Path) -> None:
+    d = tmp_path / "conf.d"
+    d.mkdir()
+    write(d, "notes.txt", "x")
+    c = agent("-dev", "-config-dir", str(d), "-node", "host.example")
+    assert any("skipping file" in w and "notes.txt" in w for w in c.warnings)
+    assert any("will not be discoverable via DNS" in w for w in c.warnings)
+    one = agent("-server", "-bootstrap-expect", "1", "-data-dir", str(tmp_path))
+    assert "bootstrap_expect = 1 is the same as bootstrap mode" in one.warnings
+    four = agent("-server", "-bootstrap-expect", "4", "-data-dir", str(tmp_path))
+    assert any("even number of servers" in w for w in four.warnings)
+    assert "bootstrap_expect > 0: expecting 4 servers" in four.warnings
+    scripts = agent("-dev", "-enable-script-checks")
+    assert any("enable_script_checks without ACLs" in w for w in scripts.warnings)
+    assert agent("-dev", "-node", "plain").warnings == ()
