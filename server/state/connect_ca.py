@@ -7,7 +7,8 @@ cluster ID, which Consul keeps out of the JSON (``ClusterID`` is ``json:"-"``) a
 the trust domain ``<cluster-id>.consul``.
 
 Roots are Consul's ``CARoot`` objects in API shape; each may carry a ``SigningKey`` (the PEM
-private key of the built-in provider) that ``api_root`` strips, as Consul never shows it.
+private key of the built-in provider) and ``RotatedOutAt``, which ``api_root`` strips as
+Consul's API never shows them.
 
 Writes: ``set_config_txn`` (with an optional CAS index, Consul's ``CACheckAndSetConfig``) and
 ``set_roots_txn`` (CAS on the roots table index, 0 = unconditional, Consul's ``CARootSetCAS``).
@@ -30,7 +31,7 @@ __all__ = ["TABLE_CA_CONFIG", "TABLE_CA_ROOTS", "ConnectCATable", "api_root"]
 TABLE_CA_CONFIG = "connect-ca-config"
 TABLE_CA_ROOTS = "connect-ca-roots"
 
-_PRIVATE = ("SigningKey",)
+_PRIVATE = ("SigningKey", "RotatedOutAt")  # Consul: SigningKey redacted, RotatedOutAt json:"-"
 
 
 def api_root(root: dict[str, Any]) -> dict[str, Any]:
