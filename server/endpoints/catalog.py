@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ from server.endpoints.http import HTTPError, QueryOptions, json_response, read_j
 from server.filter import Filter, FilterError, compile_filter
 from server.state import StateError, StateStore, WatchSet
 from server.state.catalog import Node, ServiceInstance
+from server.state.coordinates import Coord, CoordinateEntry
 
 __all__ = [
     "Catalog",
@@ -44,6 +46,7 @@ __all__ = [
     "node_meta_filters",
     "register",
     "service_tags",
+    "sort_near",
 ]
 
 T = TypeVar("T")
@@ -83,6 +86,51 @@ def apply_filter(compiled: Filter | None, items: Sequence[T], view: Callable[[T]
     if compiled is None:
         return list(items)
     return [item for item in items if compiled.matches(view(item))]
+
+
+def sort_near(
+    ctx: ServerContext,
+    request: web.Request,
+    items: Sequence[T],
+    node_of: Callable[[T], str],
+) -> list[T]:
+    """Consul's ``?near=<node>`` (``_agent``: this agent's node): a stable sort by the
+    estimated round trip time from that node's network coordinate (Serf's ``DistanceTo``);
+    items whose node has no coordinate go last. Without a coordinate for the source node the
+    order is left alone, as in Consul."""
+    near = request.query.get("near", "")
+    if not near or not items:
+        return list(items)
+    if near == "_agent":
+        near = ctx.config.node_name
+    coordinates = ctx.store.coordinates
+    source = _segment_coords(coordinates.node(None, near)[1])
+    if not source:
+        return list(items)
+    cache: dict[str, float] = {}
+
+    def distance(item: T) -> float:
+        node = node_of(item).lower()
+        if node not in cache:
+            mine = _segment_coords(coordinates.node(None, node)[1])
+            common = [seg for seg in source if seg in mine]
+            cache[node] = _rtt(source[common[0]], mine[common[0]]) if common else float("inf")
+        return cache[node]
+
+    return sorted(items, key=distance)
+
+
+def _segment_coords(entries: Sequence[CoordinateEntry]) -> dict[str, Coord]:
+    # The default segment first, as Consul's coordinate lookup prefers it.
+    ordered = sorted(entries, key=lambda e: (e.segment != "", e.segment))
+    return {e.segment: e.coord for e in ordered}
+
+
+def _rtt(a: Coord, b: Coord) -> float:
+    """Serf's ``Coordinate.DistanceTo`` in seconds."""
+    raw = math.dist(a.vec, b.vec) + a.height + b.height
+    adjusted = raw + a.adjustment + b.adjustment
+    return adjusted if adjusted > 0.0 else raw
 
 
 def path_name(request: web.Request, what: str) -> str:
@@ -162,6 +210,7 @@ class Catalog:
         if peer_requested(request):
             nodes = []
         nodes = apply_filter(compiled, nodes, Node.to_api)
+        nodes = sort_near(self.ctx, request, nodes, lambda n: n.node)
         return json_response(request, [n.to_api() for n in nodes], headers=headers)
 
     async def services(self, request: web.Request) -> web.Response:
@@ -207,6 +256,7 @@ class Catalog:
         if peer_requested(request):
             views = []
         views = apply_filter(compiled, views, lambda v: v)
+        views = sort_near(self.ctx, request, views, lambda v: str(v["Node"]))
         return json_response(request, views, headers=headers)
 
     async def node(self, request: web.Request) -> web.Response:

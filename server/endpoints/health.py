@@ -31,6 +31,7 @@ from server.endpoints.catalog import (
     path_name,
     peer_requested,
     service_tags,
+    sort_near,
 )
 from server.endpoints.context import ServerContext
 from server.endpoints.http import HTTPError, json_response
@@ -86,6 +87,7 @@ class Health:
             store = self.ctx.store
             checks = [c for c in checks if _node_meta_ok(store.catalog.node(c.node), meta_filter)]
         views = apply_filter(compiled, [c.to_api() for c in checks], lambda v: v)
+        views = sort_near(self.ctx, request, views, lambda v: str(v["Node"]))
         return json_response(request, views, headers=headers)
 
     async def node_checks(self, request: web.Request) -> web.Response:
@@ -147,6 +149,7 @@ class Health:
         if passing:
             items = [i for i in items if all(c.status == HEALTH_PASSING for c in i[2])]
         views = apply_filter(compiled, [check_service_node_api(i) for i in items], lambda v: v)
+        views = sort_near(self.ctx, request, views, lambda v: str(v["Node"]["Node"]))
         return json_response(request, views, headers=headers)
 
 

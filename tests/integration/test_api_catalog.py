@@ -183,3 +183,25 @@ def test_deregister_cascades(agent: Client) -> None:
     assert agent.get("/v1/health/node/t5-n1").json() == []
     reply = agent.put_json("/v1/catalog/deregister", {"ServiceID": "x"})
     assert reply.status == 500 and reply.body == b"Must provide node"
+
+
+def test_near_sorts_by_network_distance(agent: Client) -> None:
+    def coord(x: float) -> dict[str, Any]:
+        return {"Vec": [x] + [0.0] * 7, "Error": 0.5, "Adjustment": 0.0, "Height": 1e-5}
+
+    for name, x in (("t6-a", 0.0), ("t6-far", 0.9), ("t6-mid", 0.3), ("t6-none", None)):
+        body = {"Node": name, "Address": "10.6.0.1", "Service": {"Service": "t6-svc"}}
+        assert register(agent, body).json() is True
+        if x is not None:
+            update = {"Node": name, "Segment": "", "Coord": coord(x)}
+            assert agent.put_json("/v1/coordinate/update", update).status == 200
+    deadline = time.monotonic() + 10
+    while len(agent.get("/v1/coordinate/nodes").json() or []) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    order = [s["Node"] for s in agent.get("/v1/catalog/service/t6-svc?near=t6-far").json()]
+    assert order == ["t6-far", "t6-mid", "t6-a", "t6-none"]
+    health = agent.get("/v1/health/service/t6-svc?near=t6-a").json()
+    assert [e["Node"]["Node"] for e in health] == ["t6-a", "t6-mid", "t6-far", "t6-none"]
+    # No coordinate for the source: Consul's order (by node name) is kept.
+    plain = [s["Node"] for s in agent.get("/v1/catalog/service/t6-svc?near=t6-none").json()]
+    assert plain == ["t6-a", "t6-far", "t6-mid", "t6-none"]
