@@ -835,6 +835,16 @@ class LocalState:
         for c in self.checks.values():
             c.in_sync = False
 
+    def mark_remote_only(self, service_ids: Iterable[str], check_ids: Iterable[str]) -> None:
+        """Catalog entries of this node that the agent does not have: the next sync
+        deregisters them (anti-entropy)."""
+        for sid in service_ids:
+            if sid not in self.services:
+                self.services[sid] = ServiceEntry({"ID": sid}, deleted=True)
+        for cid in check_ids:
+            if cid not in self.checks:
+                self.checks[cid] = CheckEntry({"CheckID": cid}, deleted=True)
+
     def pending(self) -> list[tuple[str, dict[str, Any], list[str], list[str]]]:
         """The writes that bring the catalog up to date, in order:
         ``(op, body, service_ids, check_ids)`` with op ``register`` or ``deregister`` and the

@@ -324,6 +324,30 @@ def _check_view(check: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _same_service(local: dict[str, Any], remote: Any) -> bool:
+    weights = local.get("Weights") or {}
+    return bool(
+        remote.service == local.get("Service", "")
+        and list(remote.tags or ()) == list(local.get("Tags") or [])
+        and remote.port == local.get("Port", 0)
+        and remote.address == local.get("Address", "")
+        and dict(remote.meta or {}) == dict(local.get("Meta") or {})
+        and remote.kind == (local.get("Kind") or "")
+        and remote.enable_tag_override == bool(local.get("EnableTagOverride"))
+        and tuple(remote.weights) == (weights.get("Passing", 1), weights.get("Warning", 1))
+    )
+
+
+def _same_check(local: dict[str, Any], remote: Any) -> bool:
+    return bool(
+        remote.name == local.get("Name", "")
+        and remote.status == local.get("Status", "")
+        and remote.notes == local.get("Notes", "")
+        and remote.output == local.get("Output", "")
+        and remote.service_id == local.get("ServiceID", "")
+    )
+
+
 def _content_hash(value: Any) -> str:
     return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
@@ -372,8 +396,7 @@ class AgentLocal:
 
     async def leadership_changed(self, is_leader: bool) -> None:
         if is_leader:
-            self.local.mark_all_out_of_sync()
-            self.node_in_sync = False
+            self.anti_entropy_diff()
             if self._trigger is not None:
                 self._trigger.set()
 
@@ -471,6 +494,55 @@ class AgentLocal:
                 self.local.mark_synced(op, service_ids, check_ids)
         return True
 
+    def anti_entropy_diff(self) -> None:
+        """Compare the local state with this node's catalog entries (Consul's
+        ``updateSyncState``): what differs or is missing is marked for registering, catalog
+        entries the agent does not know are marked for deregistering (the servers' own
+        ``consul`` service and ``serfHealth`` aside). Without a readable catalog everything
+        is registered again."""
+        try:
+            catalog = self.ctx.store.catalog
+            node_name = self.ctx.config.node_name
+            _, found = catalog.node_services(None, node_name)
+            _, remote_checks = catalog.node_checks(None, node_name)
+        except Exception:
+            self.local.mark_all_out_of_sync()
+            self.node_in_sync = False
+            return
+        if found is None:
+            self.local.mark_all_out_of_sync()
+            self.node_in_sync = False
+            return
+        node, remote_services = found
+        fields = self._node_fields()
+        if node.address != fields["Address"] or (fields["ID"] and node.id != fields["ID"]):
+            self.node_in_sync = False
+        services = {s.id: s for s in remote_services}
+        checks = {c.check_id: c for c in remote_checks}
+        for sid, entry in self.local.services.items():
+            if entry.deleted:
+                continue
+            remote = services.get(sid)
+            if remote is None or not _same_service(entry.service, remote):
+                entry.in_sync = False
+        for cid, check_entry in self.local.checks.items():
+            if check_entry.deleted:
+                continue
+            remote_check = checks.get(cid)
+            if remote_check is None or not _same_check(check_entry.check, remote_check):
+                check_entry.in_sync = False
+        self.local.mark_remote_only(
+            [sid for sid in services if sid not in self.local.services and sid != "consul"],
+            [
+                cid
+                for cid, c in checks.items()
+                if cid not in self.local.checks
+                and cid != "serfHealth"
+                and c.service_id not in ("consul",)
+                and (not c.service_id or c.service_id in self.local.services)
+            ],
+        )
+
     async def sync_changes(self) -> None:
         with contextlib.suppress(Exception):
             await self.sync()
@@ -486,8 +558,7 @@ class AgentLocal:
                     await self._trigger.wait()
             self._trigger.clear()
             if loop.time() >= next_full:
-                self.local.mark_all_out_of_sync()
-                self.node_in_sync = False
+                self.anti_entropy_diff()
                 next_full = loop.time() + ANTI_ENTROPY_INTERVAL + random.uniform(0, 5)
             await self.sync_changes()
 

@@ -304,3 +304,41 @@ def test_listeners_hear_every_change(local: LocalState) -> None:
         ("check-removed", "service:web"),
         ("service-removed", "web"),
     ]
+
+
+def test_anti_entropy_diff_against_the_catalog() -> None:
+    from server.config.runtime import RuntimeConfig
+    from server.endpoints.agent import AgentLocal
+    from server.endpoints.context import ServerContext
+    from server.fsm import ConsulFSM, MessageType, encode_command
+
+    fsm = ConsulFSM()
+    ctx = ServerContext(RuntimeConfig(node_name="n1", node_id=""), fsm, None)
+    local = LocalState("n1", now=Clock())
+    agent = AgentLocal(ctx, local)
+    local.add_service(svc("web"), [CheckType(ttl=10)])
+    local.add_service(svc("api"), [])
+    index = 0
+
+    def apply(kind: MessageType, body: dict[str, object]) -> None:
+        nonlocal index
+        index += 1
+        fsm.apply(index, encode_command(kind, body))
+
+    node = {"Node": "n1", "Address": "127.0.0.1", "Datacenter": "dc1"}
+    for _op, body, sids, cids in local.pending():
+        apply(MessageType.REGISTER, {**node, **body})
+        local.mark_synced("register", sids, cids)
+    # Out of band: the catalog loses "api", gains a stray service, and web's check changes.
+    apply(MessageType.DEREGISTER, {"Node": "n1", "ServiceID": "api"})
+    apply(MessageType.REGISTER, {**node, "Service": {"ID": "stray", "Service": "stray"}})
+    apply(
+        MessageType.REGISTER,
+        {**node, "Check": {"CheckID": "service:web", "ServiceID": "web", "Status": "passing"}},
+    )
+    assert local.pending() == []
+    agent.anti_entropy_diff()
+    plan = [
+        (op, body.get("ServiceID") or body["Service"]["ID"]) for op, body, _, _ in local.pending()
+    ]
+    assert plan == [("deregister", "stray"), ("register", "api"), ("register", "web")]
