@@ -37,7 +37,7 @@ from aiohttp import web
 from server.commands.types import MessageType
 from server.endpoints.context import ServerContext
 from server.endpoints.health import check_service_node_api
-from server.endpoints.http import HTTPError, fold_keys, json_response, parse_uint_param, read_json
+from server.endpoints.http import HTTPError, fold_keys, json_response, read_json
 from server.state import StateStore, WatchSet, parse_duration
 from server.state.prepared_queries import PreparedQueryError, compile_template
 
@@ -365,10 +365,17 @@ class QueryEndpoint:
         return query, meta, nodes
 
     async def execute(self, request: web.Request) -> web.Response:
-        limit = parse_uint_param(request, "limit") or 0
+        raw_limit = request.query.get("limit", "")
+        limit = 0
+        if raw_limit:
+            try:
+                limit = int(raw_limit, 10)
+            except ValueError:
+                message = f'Bad limit: strconv.Atoi: parsing "{raw_limit}": invalid syntax'
+                raise HTTPError(500, message) from None
         query, meta, nodes = await self._resolve(request, True)
         random.shuffle(nodes)
-        if limit:
+        if limit > 0:
             nodes = nodes[:limit]
         body = {
             "Service": query["Service"]["Service"],

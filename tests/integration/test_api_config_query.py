@@ -221,6 +221,12 @@ def test_prepared_query_lifecycle_and_execute(dev_agent: Client) -> None:
     assert result["Index"] == executed.index and result["KnownLeader"] is True
     assert [n["Node"]["Node"] for n in result["Nodes"]] == ["n1"]
 
+    assert c.get("/v1/query/redisq/execute?limit=1").json()["Nodes"][0]["Node"]["Node"] == "n1"
+    bad_limit = c.get("/v1/query/redisq/execute?limit=x")
+    assert (bad_limit.status, bad_limit.body) == (
+        500,
+        b'Bad limit: strconv.Atoi: parsing "x": invalid syntax',
+    )
     dup = _post(c, "/v1/query", {"Name": "redisq", "Service": {"Service": "x"}})
     assert (dup.status, dup.body) == (500, b"name 'redisq' aliases an existing query name")
     missing_service = _post(c, "/v1/query", {"Name": "q2"})
