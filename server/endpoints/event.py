@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import re
+import struct
 import uuid
 from collections import deque
 from typing import Any
 
-import orjson
 import structlog
 from aiohttp import web
 
@@ -56,6 +55,11 @@ log = structlog.get_logger("event")
 EVENT_BUFFER_SIZE = 256  # Consul's agent keeps the last 256 user events
 USER_EVENT_PREFIX = "consul:event:"
 USER_EVENT_MAX_VERSION = 1
+_WIRE_FORMAT = 1
+_FORMAT = struct.Struct(">BB")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_NO_PAYLOAD = 0xFFFFFFFF
 
 
 def uuid_to_uint64(event_id: str) -> int:
@@ -112,29 +116,64 @@ class UserEventMessage:
         }
 
     def encode(self) -> bytes:
-        """The gossip payload (the event without its Lamport time, which serf carries)."""
-        doc = self.to_api()
-        del doc["LTime"]
-        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+        """The gossip payload: the event without its Lamport time (serf carries that), in a
+        compact binary form, since serf limits a user event to 512 bytes of name and payload
+        (Consul packs it with msgpack for the same reason): a format byte, the version, five
+        strings (ID, Name, NodeFilter, ServiceFilter, TagFilter) each with a 2-byte length, and
+        the payload with a 4-byte length (``0xFFFFFFFF`` for none)."""
+        parts = [_FORMAT.pack(_WIRE_FORMAT, min(max(self.version, 0), 255))]
+        for text in (self.id, self.name, self.node_filter, self.service_filter, self.tag_filter):
+            raw = text.encode()
+            parts.append(_U16.pack(len(raw)))
+            parts.append(raw)
+        if self.payload is None:
+            parts.append(_U32.pack(_NO_PAYLOAD))
+        else:
+            parts.append(_U32.pack(len(self.payload)))
+            parts.append(self.payload)
+        return b"".join(parts)
 
     @staticmethod
     def decode(data: bytes, ltime: int) -> UserEventMessage:
         """From ``encode``'s bytes; ValueError when malformed."""
+        view = memoryview(data)
         try:
-            doc = orjson.loads(data)
-            payload = doc.get("Payload")
-            return UserEventMessage(
-                id=str(doc["ID"]),
-                name=str(doc["Name"]),
-                payload=None if payload is None else base64.b64decode(payload, validate=True),
-                node_filter=str(doc.get("NodeFilter") or ""),
-                service_filter=str(doc.get("ServiceFilter") or ""),
-                tag_filter=str(doc.get("TagFilter") or ""),
-                version=int(doc.get("Version") or 0),
-                ltime=int(ltime),
-            )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error) as exc:
+            wire_format, version = _FORMAT.unpack_from(view, 0)
+            if wire_format != _WIRE_FORMAT:
+                raise ValueError(f"unknown user event format {wire_format}")
+            offset = _FORMAT.size
+            texts: list[str] = []
+            for _ in range(5):
+                (size,) = _U16.unpack_from(view, offset)
+                offset += _U16.size
+                if offset + size > len(view):
+                    raise ValueError("truncated")
+                texts.append(bytes(view[offset : offset + size]).decode())
+                offset += size
+            (size,) = _U32.unpack_from(view, offset)
+            offset += _U32.size
+            payload: bytes | None = None
+            if size != _NO_PAYLOAD:
+                if offset + size != len(view):
+                    raise ValueError("bad payload length")
+                payload = bytes(view[offset:])
+            elif offset != len(view):
+                raise ValueError("trailing bytes")
+        except (struct.error, UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"malformed user event: {exc}") from exc
+        event_id, name, node_filter, service_filter, tag_filter = texts
+        if len(event_id) != 36 or not name:
+            raise ValueError("malformed user event: bad ID or name")
+        return UserEventMessage(
+            id=event_id,
+            name=name,
+            payload=payload,
+            node_filter=node_filter,
+            service_filter=service_filter,
+            tag_filter=tag_filter,
+            version=version,
+            ltime=int(ltime),
+        )
 
 
 def validate_event(event: UserEventMessage) -> None:

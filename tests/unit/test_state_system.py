@@ -323,8 +323,19 @@ def test_user_event_encoding_round_trip_and_validation() -> None:
     assert decoded.to_api() == {**event.to_api(), "LTime": 19}
     assert event.to_api()["Payload"] == base64.b64encode(b"\x00payload").decode()
     assert UserEventMessage("x", "n").to_api()["Payload"] is None
-    with pytest.raises(ValueError):
-        UserEventMessage.decode(b"{}", 1)
+    for bad in (
+        b"",
+        b"{}",
+        event.encode()[:-1],
+        event.encode() + b"x",
+        b"\x02" + event.encode()[1:],
+    ):
+        with pytest.raises(ValueError):
+            UserEventMessage.decode(bad, 1)
+    empty = UserEventMessage("b54fe110-7af5-cafc-d1fb-afc8ba432b1c", "n", b"", node_filter="x")
+    assert UserEventMessage.decode(empty.encode(), 2).to_api() == {**empty.to_api(), "LTime": 2}
+    # Compact on the wire: serf allows 512 bytes of name and payload per user event.
+    assert len(event.encode()) < 36 + len("deploy") + len(b"\x00payload") + 20
     with pytest.raises(HTTPError, match="Cannot provide tag filter without service filter"):
         validate_event(UserEventMessage("x", "n", tag_filter="t"))
     with pytest.raises(HTTPError, match="Invalid node filter"):
