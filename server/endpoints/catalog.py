@@ -21,7 +21,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -41,6 +41,7 @@ from server.state.coordinates import Coord, CoordinateEntry
 
 __all__ = [
     "Catalog",
+    "add_endpoint",
     "compile_query_filter",
     "gateway_services",
     "node_meta_filters",
@@ -379,17 +380,42 @@ def _meta_matches(meta: dict[str, str] | None, wanted: dict[str, str]) -> bool:
     return all(key in meta and meta[key] == value for key, value in wanted.items())
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def add_endpoint(app: web.Application, path: str, methods: Sequence[str], handler: Handler) -> None:
+    """Route ``path`` as Consul's ``registerEndpoint`` does: ``OPTIONS`` answers 200 with the
+    ``Allow`` header, any other method not in ``methods`` is
+    ``405 method <M> not allowed`` (with ``Allow``)."""
+    allow = ",".join(["OPTIONS", *methods])
+
+    async def gate(request: web.Request) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return web.Response(status=200, headers={"Allow": allow})
+        if request.method not in methods:
+            return web.Response(
+                status=405,
+                text=f"method {request.method} not allowed",
+                headers={"Allow": allow},
+            )
+        return await handler(request)
+
+    app.router.add_route("*", path, gate)
+
+
 def register(app: web.Application, ctx: ServerContext) -> None:
     """Add this domain's routes to ``app``."""
     catalog = Catalog(ctx)
-    router = app.router
-    router.add_put("/v1/catalog/register", catalog.register)
-    router.add_put("/v1/catalog/deregister", catalog.deregister)
-    router.add_get("/v1/catalog/datacenters", catalog.datacenters)
-    router.add_get("/v1/catalog/nodes", catalog.nodes)
-    router.add_get("/v1/catalog/services", catalog.services)
-    router.add_get("/v1/catalog/service/{name:.*}", catalog.service)
-    router.add_get("/v1/catalog/connect/{name:.*}", catalog.connect)
-    router.add_get("/v1/catalog/node/{name:.*}", catalog.node)
-    router.add_get("/v1/catalog/node-services/{name:.*}", catalog.node_services)
-    router.add_get("/v1/catalog/gateway-services/{name:.*}", catalog.gateway_services)
+    for path, methods, handler in (
+        ("/v1/catalog/register", ("PUT",), catalog.register),
+        ("/v1/catalog/deregister", ("PUT",), catalog.deregister),
+        ("/v1/catalog/datacenters", ("GET",), catalog.datacenters),
+        ("/v1/catalog/nodes", ("GET",), catalog.nodes),
+        ("/v1/catalog/services", ("GET",), catalog.services),
+        ("/v1/catalog/service/{name:.*}", ("GET",), catalog.service),
+        ("/v1/catalog/connect/{name:.*}", ("GET",), catalog.connect),
+        ("/v1/catalog/node/{name:.*}", ("GET",), catalog.node),
+        ("/v1/catalog/node-services/{name:.*}", ("GET",), catalog.node_services),
+        ("/v1/catalog/gateway-services/{name:.*}", ("GET",), catalog.gateway_services),
+    ):
+        add_endpoint(app, path, methods, handler)

@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from server.endpoints.catalog import (
+    add_endpoint,
     apply_filter,
     compile_query_filter,
     node_meta_filters,
@@ -185,10 +186,12 @@ def _node_meta_ok(node: Node | None, wanted: dict[str, str]) -> bool:
 def register(app: web.Application, ctx: ServerContext) -> None:
     """Add this domain's routes to ``app``."""
     health = Health(ctx)
-    router = app.router
-    router.add_get("/v1/health/node/{name:.*}", health.node_checks)
-    router.add_get("/v1/health/checks/{name:.*}", health.service_checks)
-    router.add_get("/v1/health/state/{name:.*}", health.state)
-    router.add_get("/v1/health/service/{name:.*}", health.service)
-    router.add_get("/v1/health/connect/{name:.*}", health.connect)
-    router.add_get("/v1/health/ingress/{name:.*}", health.ingress)
+    for path, handler in (
+        ("/v1/health/node/{name:.*}", health.node_checks),
+        ("/v1/health/checks/{name:.*}", health.service_checks),
+        ("/v1/health/state/{name:.*}", health.state),
+        ("/v1/health/service/{name:.*}", health.service),
+        ("/v1/health/connect/{name:.*}", health.connect),
+        ("/v1/health/ingress/{name:.*}", health.ingress),
+    ):
+        add_endpoint(app, path, ("GET",), handler)

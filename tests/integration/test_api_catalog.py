@@ -205,3 +205,12 @@ def test_near_sorts_by_network_distance(agent: Client) -> None:
     # No coordinate for the source: Consul's order (by node name) is kept.
     plain = [s["Node"] for s in agent.get("/v1/catalog/service/t6-svc?near=t6-none").json()]
     assert plain == ["t6-a", "t6-far", "t6-mid", "t6-none"]
+
+
+def test_methods_are_checked_as_consul(agent: Client) -> None:
+    wrong = agent.get("/v1/catalog/register")
+    assert wrong.status == 405 and wrong.body == b"method GET not allowed"
+    assert wrong.headers["Allow"] == "OPTIONS,PUT"
+    assert agent.request("DELETE", "/v1/health/service/x").status == 405
+    options = agent.request("OPTIONS", "/v1/catalog/nodes")
+    assert options.status == 200 and options.headers["Allow"] == "OPTIONS,GET"
