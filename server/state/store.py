@@ -427,14 +427,17 @@ class StateStore:
             return self.session_create_txn(tx, session)
 
     def session_destroy_txn(self, tx: WriteTxn, session_id: str, now: float | None = None) -> bool:
-        return self._sessions.destroy_txn(tx, session_id, now)
+        existed = self._sessions.destroy_txn(tx, session_id, now)
+        if existed:  # as Consul: the prepared queries bound to the session go with it
+            self.prepared_queries.delete_session_txn(tx, session_id)
+        return existed
 
     def session_destroy(self, idx: int, session_id: str, now: float | None = None) -> bool:
         """Delete and invalidate a session: its keys are released (behavior ``release``) or
         deleted (``delete``) at ``idx``, and get its lock delay counted from ``now`` (none
         when ``now`` is None). Idempotent; returns whether the session existed."""
         with self.write_txn(idx) as tx:
-            return self._sessions.destroy_txn(tx, session_id, now)
+            return self.session_destroy_txn(tx, session_id, now)
 
     # --- snapshot and restore ------------------------------------------------------------
 

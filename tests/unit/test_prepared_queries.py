@@ -203,3 +203,14 @@ def test_render_name_variables() -> None:
     rendered = render_template(query, "web-blue")
     assert rendered["Service"]["Service"] == "web-x"
     assert rendered["Service"]["Tags"] == ["web-blue", "blue"]
+
+
+def test_destroying_the_session_deletes_its_queries() -> None:
+    fsm = ConsulFSM(StateStore(node_exists=lambda node: True, check_status=lambda n, c: "passing"))
+    fsm.store.session_create(3, Session(id="s1", node="n1"))
+    _apply(fsm, 5, "create", _query(Session="s1"))
+    _apply(fsm, 6, "create", _query(QID2))
+    assert fsm.store.session_destroy(7, "s1") is True
+    assert [q["ID"] for q in fsm.store.prepared_queries.list_all(None)[1]] == [QID2]
+    assert fsm.store.max_index("prepared-queries") == 7
+    fsm.store.check_invariants()
