@@ -403,7 +403,11 @@ def merge(
             merge(sub, value, origin, sources, kind, full)
             continue
         if kind in APPENDED_LISTS and isinstance(value, list):
-            into[key] = list(into.get(key, [])) + list(value)
+            before = list(into.get(key, []))
+            into[key] = before + list(value)
+            if kind == "defs":  # each definition's own source, for messages
+                for i in range(len(before), len(before) + len(value)):
+                    sources[f"{full}[{i}]"] = origin
         elif kind in ("map", "strmap") and isinstance(value, dict):
             into[key] = {**into.get(key, {}), **value}
         else:
@@ -742,10 +746,25 @@ def build(
 
     services = tuple(g("service", [])) + tuple(g("services", []))
     checks = tuple(g("check", [])) + tuple(g("checks", []))
-    for svc in services:
-        name = next((v for k, v in svc.items() if k.lower() == "name"), None)
-        if not isinstance(name, str) or not name:
-            raise fail("services", "service definition: missing service name")
+    for key in ("service", "services"):
+        for i, svc in enumerate(g(key, [])):
+            folded = _fold(svc)
+            name = folded.get("name")
+            if not isinstance(name, str) or not name:
+                raise fail(f"{key}[{i}]", "service definition: missing service name")
+            nested = folded.get("checks") or []
+            if isinstance(folded.get("check"), dict):
+                nested = [folded["check"], *nested]
+            for chk in nested if isinstance(nested, list) else [nested]:
+                problem = _check_problem(chk)
+                if problem:
+                    raise fail(f"{key}[{i}]", f"service {json.dumps(name)}: {problem}")
+    for key in ("check", "checks"):
+        for i, chk in enumerate(g(key, [])):
+            problem = _check_problem(chk)
+            if problem:
+                label = _fold(chk).get("name") or _fold(chk).get("id") or ""
+                raise fail(f"{key}[{i}]", f"check {json.dumps(label)}: {problem}")
 
     if (
         g("enable_script_checks", False)
@@ -841,6 +860,46 @@ def build(
         warnings=tuple(warn),
         **resolved_ports,
     )
+
+
+def _fold(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Keys compared as Consul's decoder does: case and underscores ignored."""
+    return {str(k).lower().replace("_", ""): v for k, v in d.items()}
+
+
+def _check_problem(chk: Any) -> str:
+    """What Consul's check-definition validation would refuse, or ""."""
+    if not isinstance(chk, dict):
+        return "a check must be an object"
+    f = _fold(chk)
+    seconds: dict[str, float] = {}
+    for key in ("interval", "ttl", "timeout", "deregistercriticalserviceafter"):
+        value = f.get(key)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            return f'{key}: expected a duration such as "10s", got {_describe(value)}'
+        try:
+            seconds[key] = parse_duration(value) / 1e9
+        except ValueError as exc:
+            return f"{key}: invalid duration: {exc}"
+    interval, ttl = seconds.get("interval", 0.0), seconds.get("ttl", 0.0)
+    script = bool(f.get("args") or f.get("scriptargs") or f.get("script"))
+    interval_kind = script or any(
+        f.get(k) for k in ("http", "tcp", "udp", "grpc", "h2ping", "osservice")
+    )
+    alias = bool(f.get("aliasnode") or f.get("aliasservice"))
+    if interval > 0 and ttl > 0:
+        return "Interval and TTL cannot both be specified"
+    if interval_kind and interval <= 0:
+        return "Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks"
+    if interval_kind and alias:
+        return "Interval cannot be set for Alias checks"
+    if alias and ttl > 0:
+        return "TTL must be not be set for Alias checks"
+    if not interval_kind and not alias and ttl <= 0:
+        return "TTL must be > 0 for TTL checks"
+    return ""
 
 
 def _check_node_meta(meta: Mapping[str, str], fail: Any) -> None:

@@ -481,6 +481,23 @@ def test_file_refusals_name_key_and_file(tmp_path: Path, content: Any, expected:
         ({"node_id": "xyz"}, 'node_id "xyz" is not a valid UUID'),
         ({"services": [{"port": 80}]}, "service definition: missing service name"),
         (
+            {"service": {"name": "web", "check": {"http": "http://x"}}},
+            'service "web": Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks',
+        ),
+        (
+            {"service": {"Name": "web", "Checks": [{"TTL": "10s", "Interval": "5s"}]}},
+            'service "web": Interval and TTL cannot both be specified',
+        ),
+        ({"check": {"name": "c1"}}, 'check "c1": TTL must be > 0 for TTL checks'),
+        (
+            {"checks": [{"id": "c2", "tcp": "x:1", "interval": "1x"}]},
+            'check "c2": interval: invalid duration',
+        ),
+        (
+            {"check": {"name": "a", "alias_service": "web", "ttl": "1s"}},
+            'check "a": TTL must be not be set for Alias checks',
+        ),
+        (
             {"ports": {"sidecar_min_port": 30000}},
             "ports.sidecar_min_port (30000) must be <= ports.sidecar_max_port (21255)",
         ),
@@ -619,3 +636,10 @@ def test_warnings_as_consul_gives_them(tmp_path: Path) -> None:
     scripts = agent("-dev", "-enable-script-checks")
     assert any("enable_script_checks without ACLs" in w for w in scripts.warnings)
     assert agent("-dev", "-node", "plain").warnings == ()
+
+
+def test_a_bad_definition_names_its_own_file(tmp_path: Path) -> None:
+    a = write(tmp_path, "a.json", {"services": [{"name": "ok", "check": {"ttl": "5s"}}]})
+    b = write(tmp_path, "b.json", {"services": [{"name": "bad", "check": {"tcp": "x:1"}}]})
+    msg = refused("-dev", "-config-file", a, "-config-file", b)
+    assert msg.startswith(f'config file {b}: service "bad": Interval must be > 0')
