@@ -790,8 +790,9 @@ class CatalogTable(StateTable):
                         raise StateError(
                             f'Error while renaming Node ID: "{node.id}" ({node.address}): {problem}'
                         )
+                    # A rename: the old name goes (with what was on it); the node keeps
+                    # its CreateIndex, as in Consul.
                     self.delete_node_txn(tx, existing.node)
-                    existing = None
             else:
                 problem = self._similar_name(node, allow_clash_without_id=True)
                 if problem:

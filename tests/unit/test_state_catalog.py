@@ -120,7 +120,9 @@ def test_node_id_renames_and_reserved_names(fsm: ConsulFSM) -> None:
     # Same ID, new name: the old node (and what was on it) goes.
     reg(fsm, 6, Node="b", ID=ID1)
     catalog = fsm.store.catalog
-    assert [n.node for n in catalog.list_nodes(None)[1]] == ["b"]
+    assert [(n.node, n.create_index, n.modify_index) for n in catalog.list_nodes(None)[1]] == [
+        ("b", 5, 6)
+    ]
     assert catalog.service_nodes(None, "web")[1] == []
     # A name held by a healthy node with another ID is refused.
     reg(fsm, 7, Node="c", ID=ID2, Check=serf_check("c"))
