@@ -467,8 +467,6 @@ class AgentLocal:
 
     async def sync(self) -> bool:
         """Push every out-of-sync entry to the catalog; False if a write failed (logged)."""
-        if self.ctx.fsm is None and self.ctx.raft is None:
-            return False
         if not self._can_sync():
             return False
         async with self._lock:

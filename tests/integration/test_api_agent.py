@@ -370,6 +370,27 @@ def test_monitor_streams_log_lines(agent: Client) -> None:
         agent.put("/v1/agent/check/deregister/udp")
 
 
+def test_script_checks_are_refused_unless_enabled(tmp_path: Path) -> None:
+    proc, client = start_agent(tmp_path / "noscript.log")
+    try:
+        body = {"name": "s", "args": ["/bin/true"], "interval": "10s"}
+        reply = client.put_json("/v1/agent/check/register", body)
+        assert (reply.status, reply.body) == (
+            500,
+            b"Scripts are disabled on this agent; to enable, configure 'enable_script_checks' "
+            b"to true",
+        )
+        service = {"name": "x", "check": {"args": ["/bin/true"], "interval": "10s"}}
+        assert client.put_json("/v1/agent/service/register", service).status == 500
+        assert client.get("/v1/agent/checks").json() == {}
+        assert client.get("/v1/agent/services").json() == {}
+        # A TTL check is fine.
+        ttl = client.put_json("/v1/agent/check/register", {"name": "t", "ttl": "5s"})
+        assert ttl.status == 200
+    finally:
+        stop_agent(proc)
+
+
 def test_leave_stops_the_agent(tmp_path: Path) -> None:
     proc, client = start_agent(tmp_path / "leave.log")
     try:
