@@ -1,8 +1,10 @@
-"""``PUT /v1/txn``: several KV operations in one atomic transaction (Consul's
+"""``PUT /v1/txn``: several KV and catalog operations in one atomic transaction (Consul's
 ``agent/txn_endpoint.go`` and ``agent/consul/txn_endpoint.go``).
 
 The body is a JSON array of operations ``{"KV": {"Verb", "Key", "Value" (base64), "Flags",
-"Index", "Session"}}`` (field names matched case-insensitively, as Go does). Consul's rules:
+"Index", "Session"}}``, ``{"Node": {"Verb", "Node": {...}}}``, ``{"Service": {"Verb", "Node",
+"Service": {...}}}`` or ``{"Check": {"Verb", "Check": {...}}}`` (field names matched
+case-insensitively, as Go does). Consul's rules:
 
 * body larger than ``max(txn_max_req_len, kv_max_value_size)``: 413
   ``Request body too large, max size: <n> bytes``; a body that does not decode: 400
@@ -18,9 +20,14 @@ The body is a JSON array of operations ``{"KV": {"Verb", "Key", "Value" (base64)
 * The answer is ``{"Results": [...], "Errors": null}`` (200), or, when anything failed and
   the transaction was rolled back, ``{"Results": null, "Errors": [{"OpIndex", "What"}]}`` with
   409. See ``server.commands.txn`` for each verb's result and error text.
-* Node, Service and Check operations need the catalog, which does not support transactions
-  yet: they fail with ``<Kind> operations are not supported yet`` (409). An operation naming
-  no kind at all is skipped, as Consul's decoder skips it.
+* Node, Service and Check objects keep only the fields Consul's ``convertOps`` copies (a
+  service: ID, Service, Tags, Address, Meta, Port, Weights, EnableTagOverride; a check: Node,
+  CheckID, Name, Status, Notes, Output, ServiceID/Name/Tags, Definition; plus ModifyIndex for
+  ``cas``/``delete-cas``) and are normalised as a catalog registration is
+  (``server.commands.catalog``): a node's Datacenter defaults to this agent's, a check's
+  CheckID to its Name; a service to ``set``/``cas`` refused by that validation fails at its
+  index (409). An
+  operation naming no kind at all is skipped, as Consul's decoder skips it.
 """
 
 from __future__ import annotations
@@ -32,13 +39,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from server.commands.txn import KV_WRITE_VERBS, run_ops, txn_result
+from server.commands.catalog import RequestDecodeError, normalize_check, normalize_service
+from server.commands.txn import TxnOp, encode_op, is_write, run_ops, txn_result
 from server.commands.types import MessageType
 from server.endpoints.context import ServerContext
 from server.endpoints.http import HTTPError, fold_keys, json_response, read_body
 from server.filter.strconv import go_quote
-from server.fsm import encode_entry
-from server.state import DirEntry
+from server.state import DirEntry, StateError
 
 __all__ = ["MAX_TXN_OPS", "register"]
 
@@ -50,14 +57,41 @@ _KV_FIELDS = ("Verb", "Key", "Value", "Flags", "Index", "Session", "Namespace", 
 _JSON_TYPES = {bool: "bool", int: "number", float: "number", str: "string", list: "array"}
 
 
-class _Unsupported:
-    """An operation of a kind this server cannot run in a transaction yet."""
+class _Invalid:
+    """An operation refused before the transaction (its error is reported at its index)."""
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    def __init__(self, what: str) -> None:
+        self.what = what
 
 
-Op = tuple[str, DirEntry] | _Unsupported
+Op = TxnOp | _Invalid
+
+#: The fields Consul's ``convertOps`` copies from the API objects (others are dropped).
+_NODE_FIELDS = ("ID", "Node", "Address", "Datacenter", "TaggedAddresses", "Meta", "ModifyIndex")
+_SERVICE_FIELDS = (
+    "ID",
+    "Service",
+    "Tags",
+    "Address",
+    "Meta",
+    "Port",
+    "Weights",
+    "EnableTagOverride",
+    "ModifyIndex",
+)
+_CHECK_FIELDS = (
+    "Node",
+    "CheckID",
+    "Name",
+    "Status",
+    "Notes",
+    "Output",
+    "ServiceID",
+    "ServiceName",
+    "ServiceTags",
+    "Definition",
+    "ModifyIndex",
+)
 
 
 def _parse_error(text: str) -> HTTPError:
@@ -99,6 +133,15 @@ def _text(kv: dict[str, Any], field: str) -> str:
     if not isinstance(value, str):
         raise _type_error(value, f"struct field KVTxnOp.{field}", "string")
     return value
+
+
+def _str_map(obj: dict[str, Any], field: str) -> dict[str, str] | None:
+    value = obj.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise _type_error(value, f"struct field Node.{field}", "map[string]string")
+    return dict(value)
 
 
 def _decode_kv(raw: Any) -> tuple[str, DirEntry]:
@@ -181,13 +224,61 @@ class TxnEndpoint:
                         f"Value for key {go_quote(entry.key)} is too large "
                         f"({size} > {max_value} bytes)",
                     )
-                ops.append((verb, entry))
+                ops.append(("KV", verb, entry))
                 continue
             for kind in _OP_KINDS[1:]:
                 if op.get(kind) is not None:
-                    ops.append(_Unsupported(kind))
+                    ops.append(self._decode_catalog(kind, op[kind]))
                     break
         return ops
+
+    def _decode_catalog(self, kind: str, raw: Any) -> Op:
+        """A Node, Service or Check operation, normalised as a catalog registration is."""
+        if not isinstance(raw, dict):
+            raise _type_error(raw, f"struct field TxnOp.{kind}", f"api.{kind}TxnOp")
+        names = ("Verb", kind) if kind != "Service" else ("Verb", "Node", "Service")
+        op = fold_keys(raw, names)
+        verb = op.get("Verb") or ""
+        if not isinstance(verb, str):
+            raise _type_error(verb, f"struct field {kind}TxnOp.Verb", "string")
+        try:
+            if kind == "Node":
+                node = fold_keys(op.get("Node") or {}, _NODE_FIELDS, what="Node")
+                payload: dict[str, Any] = {
+                    "ID": _text(node, "ID"),
+                    "Node": _text(node, "Node"),
+                    "Address": _text(node, "Address"),
+                    "Datacenter": _text(node, "Datacenter") or self.ctx.config.datacenter,
+                    "TaggedAddresses": _str_map(node, "TaggedAddresses"),
+                    "Meta": _str_map(node, "Meta"),
+                    "ModifyIndex": _uint(node, "ModifyIndex"),
+                }
+            elif kind == "Service":
+                raw_service = fold_keys(op.get("Service") or {}, _SERVICE_FIELDS, what="Service")
+                index = _uint(raw_service, "ModifyIndex")
+                kept = {k: v for k, v in raw_service.items() if k in _SERVICE_FIELDS}
+                kept.pop("ModifyIndex", None)
+                if verb in ("set", "cas"):
+                    service = normalize_service(kept)
+                else:  # get / delete / delete-cas name the service by its ID only
+                    service = {"ID": _text(kept, "ID")}
+                service["ModifyIndex"] = index
+                node_name = op.get("Node") or ""
+                if not isinstance(node_name, str):
+                    raise _type_error(node_name, "struct field ServiceTxnOp.Node", "string")
+                payload = {"Node": node_name, "Service": service}
+            else:
+                raw_check = fold_keys(op.get("Check") or {}, _CHECK_FIELDS, what="Check")
+                index = _uint(raw_check, "ModifyIndex")
+                kept = {k: v for k, v in raw_check.items() if k in _CHECK_FIELDS}
+                kept.pop("ModifyIndex", None)
+                payload = normalize_check(kept, "")
+                payload["ModifyIndex"] = index
+        except RequestDecodeError as exc:
+            raise _parse_error(str(exc)) from None
+        except StateError as exc:
+            return _Invalid(str(exc))
+        return (kind, verb, payload)
 
     def _precheck(self, ops: list[Op]) -> list[dict[str, Any]]:
         """Consul's ``Txn.preCheck``: a key is required, and a ``lock`` must not meet a lock
@@ -197,41 +288,33 @@ class TxnEndpoint:
         now = fsm.now() if fsm is not None else 0.0
         store = self.ctx.store
         for i, op in enumerate(ops):
-            if isinstance(op, _Unsupported):
-                errors.append({"OpIndex": i, "What": f"{op.kind} operations are not supported yet"})
+            if isinstance(op, _Invalid):
+                errors.append({"OpIndex": i, "What": op.what})
                 continue
-            verb, entry = op
+            kind, verb, entry = op
+            if kind != "KV":
+                continue
             if not entry.key and verb != "delete-tree":
                 errors.append({"OpIndex": i, "What": "Must provide key"})
                 continue
             if verb == "lock":
                 expires = store.kvs_lock_delay(entry.key)
                 if expires is not None and expires > now:
-                    errors.append(
-                        {
-                            "OpIndex": i,
-                            "What": f"failed to lock key {go_quote(entry.key)} due to lock delay",
-                        }
-                    )
+                    what = f"failed to lock key {go_quote(entry.key)} due to lock delay"
+                    errors.append({"OpIndex": i, "What": what})
         return errors
 
     async def handle(self, request: web.Request) -> web.Response:
         ctx = self.ctx
         ops = await self._decode(request)
-        writes = any(isinstance(op, tuple) and op[0] in KV_WRITE_VERBS for op in ops)
-        if not writes and not any(isinstance(op, _Unsupported) for op in ops):
+        writes = any(isinstance(op, tuple) and is_write(op) for op in ops)
+        if not writes:
             return await self._read(request, ops)
         ctx.check_datacenter(request.query.get("dc", ""))
         errors = self._precheck(ops)
         if errors:
             return json_response(request, txn_result(None, errors), status=409)
-        body = {
-            "Ops": [
-                {"KV": {"Verb": op[0], "DirEnt": encode_entry(op[1])}}
-                for op in ops
-                if isinstance(op, tuple)
-            ]
-        }
+        body = {"Ops": [encode_op(op) for op in ops if isinstance(op, tuple)]}
         result = await ctx.apply(MessageType.TXN, body)
         status = 409 if result.get("Errors") else 200
         return json_response(request, result, status=status)
@@ -249,8 +332,8 @@ class TxnEndpoint:
         if errors:
             answer = txn_result(None, errors)
         else:
-            kv_ops = [op for op in ops if isinstance(op, tuple)]
-            results, errors = run_ops(ctx.store, None, list(kv_ops))
+            valid = [op for op in ops if isinstance(op, tuple)]
+            results, errors = run_ops(ctx.store, None, valid)
             answer = txn_result(None, errors) if errors else txn_result(results, None)
         answer.update(
             {

@@ -199,3 +199,59 @@ def test_session_ttl_expiry(dev_agent: Client) -> None:
     assert time.monotonic() - start >= 19
     [entry] = dev_agent.get("/v1/kv/ttl-lock").json()
     assert "Session" not in entry
+
+
+def test_txn_catalog_operations(dev_agent: Client) -> None:
+    ops = [
+        {"Node": {"Verb": "set", "Node": {"Node": "txn-node", "Address": "10.1.2.3"}}},
+        {
+            "Service": {
+                "Verb": "set",
+                "Node": "txn-node",
+                "Service": {"ID": "db1", "Service": "db", "Port": 5432, "Tags": ["primary"]},
+            }
+        },
+        {
+            "Check": {
+                "Verb": "set",
+                "Check": {"Node": "txn-node", "Name": "db-alive", "ServiceID": "db1"},
+            }
+        },
+    ]
+    reply = dev_agent.put_json("/v1/txn", ops)
+    assert reply.status == 200, reply.body
+    node, service, check = (r for r in reply.json()["Results"])
+    assert node["Node"]["Datacenter"] == "dc1"
+    assert service["Service"]["Tags"] == ["primary"]
+    assert (check["Check"]["CheckID"], check["Check"]["Status"]) == ("db-alive", "critical")
+    assert [s["ServiceID"] for s in dev_agent.get("/v1/catalog/service/db").json()] == ["db1"]
+
+    read = dev_agent.put_json(
+        "/v1/txn",
+        [{"Service": {"Verb": "get", "Node": "txn-node", "Service": {"ID": "db1"}}}],
+    )
+    assert read.status == 200
+    assert read.json()["Results"][0]["Service"]["Port"] == 5432
+
+    stale = dev_agent.put_json(
+        "/v1/txn",
+        [
+            {"Node": {"Verb": "delete", "Node": {"Node": "txn-node"}}},
+            {
+                "Node": {
+                    "Verb": "cas",
+                    "Node": {"Node": "other", "Address": "1.1.1.1", "ModifyIndex": 1},
+                }
+            },
+        ],
+    )
+    assert stale.status == 409
+    assert stale.json()["Errors"] == [
+        {"OpIndex": 1, "What": 'failed to set node "other", index is stale'}
+    ]
+    assert dev_agent.get("/v1/catalog/node/txn-node").status == 200  # rolled back
+    gone = dev_agent.put_json(
+        "/v1/txn", [{"Node": {"Verb": "delete", "Node": {"Node": "txn-node"}}}]
+    )
+    assert gone.status == 200
+    assert dev_agent.get("/v1/catalog/service/db").json() == []

@@ -12,7 +12,7 @@ import pytest
 # (server.endpoints.agent -> server.agent.checks -> server.agent -> server.endpoints).
 import server.agent  # noqa: F401
 from server.commands.session import session_body, session_from_body
-from server.commands.txn import run_ops
+from server.commands.txn import encode_op, run_ops
 from server.endpoints.http import HTTPError
 from server.endpoints.session import decode_session
 from server.fsm import ConsulFSM, MessageType, UnknownCommandError, encode_command, encode_entry
@@ -217,11 +217,69 @@ def test_txn_locks_and_session_checks() -> None:
 def test_read_only_ops_never_write() -> None:
     fsm = _fsm()
     _txn(fsm, 3, ("set", DirEntry("k", b"v")))
-    results, errors = run_ops(fsm.store, None, [("get", DirEntry("k")), ("set", DirEntry("x"))])
-    assert [r.key for r in results] == ["k"]
+    results, errors = run_ops(
+        fsm.store, None, [("KV", "get", DirEntry("k")), ("KV", "set", DirEntry("x"))]
+    )
+    assert [r["KV"]["Key"] for r in results] == ["k"]
     assert errors == [{"OpIndex": 1, "What": 'unknown KV verb "set"'}]
     results, errors = run_ops(fsm.store, None, [None])
     assert errors == [{"OpIndex": 0, "What": "no operation specified"}]
+
+
+def _catalog_txn(fsm: ConsulFSM, index: int, *ops: tuple[str, str, Any]) -> Any:
+    body = {"Ops": [encode_op(op) for op in ops]}
+    return fsm.apply(index, encode_command(MessageType.TXN, body))
+
+
+def test_txn_catalog_verbs() -> None:
+    fsm = ConsulFSM()  # the real catalog
+    node = {"ID": "", "Node": "n1", "Address": "10.0.0.1", "Datacenter": "dc1", "ModifyIndex": 0}
+    web = {"Node": "n1", "Service": {"ID": "web1", "Service": "web", "Port": 80}}
+    check = {"Node": "n1", "CheckID": "c1", "Name": "c1", "Status": "passing", "ServiceID": "web1"}
+    result = _catalog_txn(
+        fsm,
+        5,
+        ("Node", "set", node),
+        ("Service", "set", web),
+        ("Check", "set", check),
+        ("Node", "get", {"Node": "n1"}),
+    )
+    assert result["Errors"] is None, result
+    kinds = [next(iter(r)) for r in result["Results"]]
+    assert kinds == ["Node", "Service", "Check", "Node"]
+    assert result["Results"][0]["Node"]["Address"] == "10.0.0.1"
+    assert result["Results"][1]["Service"]["Port"] == 80
+    assert result["Results"][2]["Check"]["ServiceName"] == "web"
+    assert fsm.store.catalog.node_service("n1", "web1") is not None
+
+    # CAS: 0 means "only if absent"; a stale index fails; errors are Consul's texts.
+    failed = _catalog_txn(
+        fsm,
+        6,
+        ("Node", "cas", {**node, "ModifyIndex": 0}),
+        ("Service", "cas", {"Node": "n1", "Service": {**web["Service"], "ModifyIndex": 1}}),
+        ("Check", "delete-cas", {**check, "ModifyIndex": 1}),
+        ("Service", "get", {"Node": "n1", "Service": {"ID": "nope"}}),
+        ("Check", "get", {"Node": "n1", "CheckID": "nope"}),
+        ("Node", "get", {"Node": "ghost"}),
+        ("Node", "frob", {"Node": "n1"}),
+    )
+    assert failed["Errors"] == [
+        {"OpIndex": 0, "What": 'failed to set node "n1", index is stale'},
+        {"OpIndex": 1, "What": 'failed to set service "web1" on node "n1", index is stale'},
+        {"OpIndex": 2, "What": 'failed to delete check "c1" on node "n1", index is stale'},
+        {"OpIndex": 3, "What": 'service "nope" on node "n1" doesn\'t exist'},
+        {"OpIndex": 4, "What": 'check "c1" on node "n1" doesn\'t exist'.replace("c1", "nope")},
+        {"OpIndex": 5, "What": 'node "ghost" doesn\'t exist'},
+        {"OpIndex": 6, "What": 'unknown Node verb "frob"'},
+    ]
+    stored = fsm.store.catalog.node("n1")
+    assert stored is not None and stored.modify_index == 5
+    deleted = _catalog_txn(fsm, 7, ("Node", "delete-cas", {**node, "ModifyIndex": 5}))
+    assert deleted == {"Results": [], "Errors": None}
+    assert fsm.store.catalog.node("n1") is None
+    assert fsm.store.catalog.node_service("n1", "web1") is None
+    fsm.store.check_invariants()
 
 
 # --- /v1/session/create bodies ---------------------------------------------------------------
