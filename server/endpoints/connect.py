@@ -30,6 +30,7 @@ import uuid
 import weakref
 from typing import Any
 
+import structlog
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -66,6 +67,8 @@ _CONFIG_KEYS = (
     "CSRMaxPerSecond",
     "CSRMaxConcurrent",
 )
+
+log = structlog.get_logger("connect.ca")
 
 _MANAGERS: weakref.WeakKeyDictionary[ServerContext, CAManager] = weakref.WeakKeyDictionary()
 
@@ -250,8 +253,8 @@ class CAManager:
     async def _initialize_quietly(self) -> None:
         try:
             await self.initialize()
-        except Exception:  # a lost leadership or shutdown: the next leader tries again
-            return
+        except Exception as exc:  # a lost leadership or shutdown: the next leader tries again
+            log.warning("ca_initialization_failed", error=str(exc))
 
     def _needs_init(self) -> bool:
         table = self.ctx.store.connect_ca
@@ -291,6 +294,7 @@ class CAManager:
                     "ClusterID": cluster_id,
                 },
             )
+            log.info("ca_initialized", root_id=root["ID"], cluster_id=cluster_id)
 
 
 def _manager(ctx: ServerContext) -> CAManager:
