@@ -116,11 +116,18 @@ def test_keyring_without_encryption_is_consuls_error(dev_agent: Client) -> None:
 
 
 def test_usage_counts_the_catalog(dev_agent: Client) -> None:
-    reply = dev_agent.get("/v1/operator/usage")
-    usage = reply.json()
+    # The agent registers its own node shortly after it becomes the leader.
+    deadline = time.monotonic() + 10
+    while True:
+        reply = dev_agent.get("/v1/operator/usage")
+        usage = reply.json()
+        figures = usage["Usage"]["dc1"]
+        if figures["Nodes"] >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert reply.status == 200 and usage["KnownLeader"] is True
-    figures = usage["Usage"]["dc1"]
-    assert figures["Nodes"] >= 1
+    assert figures["Nodes"] == 1
+    assert reply.index >= 1 and usage["Index"] == reply.index
     assert set(figures) >= {"Services", "ServiceInstances", "ConnectServiceInstances", "Nodes"}
     assert dev_agent.get("/v1/operator/usage?global&stale").json()["Usage"].keys() == {"dc1"}
 
