@@ -36,8 +36,10 @@ __all__ = ["KINDS", "OPAQUE_KINDS", "decode_config_entry", "normalize_config_ent
 
 # --- schemas -----------------------------------------------------------------------------
 # A schema maps canonical field names to a spec: None (a value kept as given), "any" (a free
-# structure kept as given), "dur" (a Go duration), ("obj", schema), ("list", schema) for a list
-# of objects, ("map", schema) for a map of name -> object.
+# structure kept as given), "dur" (a Go duration shown as a string, for the fields Consul
+# marshals that way), "durns" (a Go duration shown as integer nanoseconds, Go's default),
+# ("obj", schema), ("list", schema) for a list of objects, ("map", schema) for a map of
+# name -> object.
 
 Schema = dict[str, Any]
 
@@ -50,7 +52,35 @@ _EXPOSE: Schema = {
         {"ListenerPort": None, "Path": None, "LocalPathPort": None, "Protocol": None},
     ),
 }
-_HEADERS = "any"
+_HEADERS: Any = ("obj", {"Add": "any", "Set": "any", "Remove": None})
+_PASSIVE_HEALTH: Any = (
+    "obj",
+    {
+        "Interval": "durns",
+        "MaxFailures": None,
+        "EnforcingConsecutive5xx": None,
+        "MaxEjectionPercent": None,
+        "BaseEjectionTime": "durns",
+    },
+)
+_LIMITS: Any = (
+    "obj",
+    {"MaxConnections": None, "MaxPendingRequests": None, "MaxConcurrentRequests": None},
+)
+_UPSTREAM: Schema = {
+    "Name": None,
+    "Namespace": None,
+    "Partition": None,
+    "Peer": None,
+    "EnvoyListenerJSON": None,
+    "EnvoyClusterJSON": None,
+    "Protocol": None,
+    "ConnectTimeoutMs": None,
+    "Limits": _LIMITS,
+    "PassiveHealthCheck": _PASSIVE_HEALTH,
+    "MeshGateway": ("obj", {"Mode": None}),
+    "BalanceOutboundConnections": None,
+}
 
 _SERVICE_DEFAULTS: Schema = {
     "Protocol": None,
@@ -60,7 +90,7 @@ _SERVICE_DEFAULTS: Schema = {
     "MeshGateway": ("obj", _MESH_GATEWAY),
     "Expose": ("obj", _EXPOSE),
     "ExternalSNI": None,
-    "UpstreamConfig": "any",
+    "UpstreamConfig": ("obj", {"Overrides": ("list", _UPSTREAM), "Defaults": ("obj", _UPSTREAM)}),
     "Destination": ("obj", {"Addresses": None, "Port": None}),
     "MaxInboundConnections": None,
     "LocalConnectTimeoutMs": None,
@@ -76,7 +106,17 @@ _PROXY_DEFAULTS: Schema = {
     "MutualTLSMode": None,
     "MeshGateway": ("obj", _MESH_GATEWAY),
     "Expose": ("obj", _EXPOSE),
-    "AccessLogs": "any",
+    "AccessLogs": (
+        "obj",
+        {
+            "Enabled": None,
+            "DisableListenerLogs": None,
+            "Type": None,
+            "Path": None,
+            "JSONFormat": None,
+            "TextFormat": None,
+        },
+    ),
     "EnvoyExtensions": "any",
     "FailoverPolicy": "any",
     "PrioritizeByLocality": "any",
@@ -172,7 +212,17 @@ _RESOLVER: Schema = {
             "ServiceSubset": None,
             "Namespace": None,
             "Datacenters": None,
-            "Targets": "any",
+            "Targets": (
+                "list",
+                {
+                    "Service": None,
+                    "ServiceSubset": None,
+                    "Partition": None,
+                    "Namespace": None,
+                    "Datacenter": None,
+                    "Peer": None,
+                },
+            ),
             "Policy": "any",
             "SamenessGroup": None,
         },
@@ -180,7 +230,24 @@ _RESOLVER: Schema = {
     "ConnectTimeout": "dur",
     "RequestTimeout": "dur",
     "PrioritizeByLocality": "any",
-    "LoadBalancer": "any",
+    "LoadBalancer": (
+        "obj",
+        {
+            "Policy": None,
+            "RingHashConfig": ("obj", {"MinimumRingSize": None, "MaximumRingSize": None}),
+            "LeastRequestConfig": ("obj", {"ChoiceCount": None}),
+            "HashPolicies": (
+                "list",
+                {
+                    "Field": None,
+                    "FieldValue": None,
+                    "CookieConfig": ("obj", {"Session": None, "TTL": "durns", "Path": None}),
+                    "SourceIP": None,
+                    "Terminal": None,
+                },
+            ),
+        },
+    ),
 }
 _TLS_VERSIONS: Schema = {
     "TLSMinVersion": None,
@@ -198,7 +265,7 @@ _INGRESS_SERVICE: Schema = {
     "MaxConnections": None,
     "MaxPendingRequests": None,
     "MaxConcurrentRequests": None,
-    "PassiveHealthCheck": "any",
+    "PassiveHealthCheck": _PASSIVE_HEALTH,
 }
 _INGRESS: Schema = {
     "TLS": ("obj", {"Enabled": None, **_TLS_VERSIONS, "SDS": "any"}),
@@ -342,6 +409,9 @@ class _Decoder:
             return value
         if spec == "dur":
             return _duration(value, path, self.errors)
+        if spec == "durns":
+            text = _duration(value, path, self.errors)
+            return None if text is None else parse_duration(text)
         kind, sub = spec
         if kind == "obj":
             return self.obj(value, sub, path)
@@ -697,7 +767,7 @@ def _validate_router(entry: dict[str, Any]) -> None:
 def _ordered(value: Any, spec: Any) -> Any:
     """``value`` with its object keys in the schema's (Go's field) order; Raft commands are
     encoded with sorted keys, so stored rows come back sorted."""
-    if value is None or spec is None or spec in ("any", "dur"):
+    if value is None or spec is None or spec in ("any", "dur", "durns"):
         return value
     kind, sub = spec
     if kind == "obj" and isinstance(value, dict):

@@ -533,3 +533,40 @@ def test_gateway_entries_fold_nested_keys_and_check_listener_protocols() -> None
 def test_unmodelled_kinds_are_stored_as_given() -> None:
     entry = _entry({"kind": "http-route", "name": "r", "Rules": [{"x": 1}], "Parents": []})
     assert entry == {"Kind": "http-route", "Name": "r", "Rules": [{"x": 1}], "Parents": []}
+
+
+def test_nested_upstream_and_load_balancer_fields_fold_with_go_duration_encodings() -> None:
+    entry = _entry(
+        {
+            "Kind": "service-defaults",
+            "Name": "web",
+            "upstream_config": {
+                "defaults": {
+                    "connect_timeout_ms": 5000,
+                    "passive_health_check": {"interval": "10s", "max_failures": 3},
+                    "limits": {"max_connections": 10},
+                }
+            },
+        }
+    )
+    assert entry["UpstreamConfig"] == {
+        "Defaults": {
+            "ConnectTimeoutMs": 5000,
+            "PassiveHealthCheck": {"Interval": 10_000_000_000, "MaxFailures": 3},
+            "Limits": {"MaxConnections": 10},
+        }
+    }
+    resolver = _entry(
+        {
+            "Kind": "service-resolver",
+            "Name": "db",
+            "load_balancer": {
+                "policy": "ring_hash",
+                "hash_policies": [{"field": "header", "field_value": "x"}],
+            },
+        }
+    )
+    assert resolver["LoadBalancer"] == {
+        "Policy": "ring_hash",
+        "HashPolicies": [{"Field": "header", "FieldValue": "x"}],
+    }
