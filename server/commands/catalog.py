@@ -20,7 +20,8 @@ The contract (what ``ctx.apply`` takes) is Consul's own JSON:
   The result is ``True``.
 
 ``normalize_register_request`` is Consul's ``Catalog.Register`` pre-apply work: the checks and
-their errors (``Must provide node``, ``Bad node ID: ...``,
+their errors (``cannot register requests with PeerName in them``, ``Must provide node``,
+``Bad node ID: ...``,
 ``Must provide address if SkipNodeUpdate is not set``,
 ``Must provide service name (Service.Service) when service ID is provided``,
 ``Invalid service address``, Connect proxy/gateway validation), the defaults (Service.ID =
@@ -272,6 +273,8 @@ def normalize_register_request(body: Any) -> dict[str, Any]:
     """Validate and normalise a ``RegisterRequest`` (module docstring); returns a new dict
     with canonical field names, the single ``Check`` folded into ``Checks``."""
     req = _fold(body, _REGISTER_FIELDS, "body")
+    if _has_peer_name(req):
+        raise StateError("cannot register requests with PeerName in them")
     node = _str(req.get("Node"), "Node")
     node_id = _str(req.get("ID"), "ID")
     address = _str(req.get("Address"), "Address")
@@ -306,6 +309,20 @@ def normalize_register_request(body: Any) -> dict[str, Any]:
         checks.append(req["Check"])
     out["Checks"] = [normalize_check(check, node) for check in checks]
     return out
+
+
+def _has_peer_name(req: Mapping[str, Any]) -> bool:
+    """Whether the request, its service or a check names a peer (Consul refuses those)."""
+    parts: list[Any] = [req, req.get("Service"), req.get("Check")]
+    checks = req.get("Checks")
+    if isinstance(checks, list):
+        parts.extend(checks)
+    for part in parts:
+        if isinstance(part, Mapping):
+            for key, value in part.items():
+                if str(key).lower() == "peername" and value:
+                    return True
+    return False
 
 
 def normalize_service(raw: Any) -> dict[str, Any]:

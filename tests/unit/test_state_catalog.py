@@ -148,6 +148,10 @@ def test_service_meta_is_validated(fsm: ConsulFSM) -> None:
     ("body", "text"),
     [
         ({"Address": "1.2.3.4"}, "Must provide node"),
+        (
+            {"Node": "n", "Address": "a", "Service": {"Service": "s", "PeerName": "p"}},
+            "cannot register requests with PeerName in them",
+        ),
         ({"Node": "n"}, "Must provide address if SkipNodeUpdate is not set"),
         ({"Node": "n", "Address": "a", "ID": "xyz"}, "Bad node ID: uuid string is wrong length"),
         (
