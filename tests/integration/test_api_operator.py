@@ -13,6 +13,14 @@ import time
 from helpers.agentproc import Client
 
 
+def _wait_for_own_node(client: Client) -> None:
+    """The agent registers its own node shortly after it becomes the leader (bounded wait)."""
+    deadline = time.monotonic() + 10
+    while not client.get("/v1/catalog/nodes").json():
+        assert time.monotonic() < deadline, "the agent never registered its node"
+        time.sleep(0.1)
+
+
 def test_raft_configuration_lists_this_server_as_leader_and_voter(dev_agent: Client) -> None:
     reply = dev_agent.get("/v1/operator/raft/configuration")
     assert reply.status == 200
@@ -147,6 +155,7 @@ def test_acl_endpoints_answer_disabled(dev_agent: Client) -> None:
 
 
 def test_coordinates(dev_agent: Client) -> None:
+    _wait_for_own_node(dev_agent)  # coordinates are only stored for catalog nodes
     [dc] = dev_agent.get("/v1/coordinate/datacenters").json()
     assert set(dc) == {"Datacenter", "AreaID", "Coordinates"}
     assert (dc["Datacenter"], dc["AreaID"]) == ("dc1", "wan")
