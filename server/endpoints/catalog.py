@@ -14,6 +14,9 @@
   Missing things answer as Consul does: ``/node/<x>`` for an unknown node is ``200 null``,
   ``/node-services/<x>`` is ``200 {"Node": null, "Services": null}`` (its zero value), empty
   lists are ``[]``.
+* ``/connect/<name>`` (and ``/v1/health/connect/<name>``) lists the service's Connect proxies,
+  its Connect-native instances and the instances of terminating gateways whose config entry
+  links it.
 * ``?filter`` on ``/node/<name>`` applies to each entry of the Services map (Consul filters
   that map, not the document). ``?peer=<name>`` matches nothing (no cluster peering here).
 """
@@ -48,6 +51,7 @@ __all__ = [
     "register",
     "service_tags",
     "sort_near",
+    "terminating_gateways",
 ]
 
 T = TypeVar("T")
@@ -248,7 +252,13 @@ class Catalog:
         def read(
             store: StateStore, ws: WatchSet | None
         ) -> tuple[int, list[tuple[Node, ServiceInstance]]]:
-            return store.catalog.service_nodes(ws, name, tags=tags, connect=connect)
+            index, pairs = store.catalog.service_nodes(ws, name, tags=tags, connect=connect)
+            if connect:
+                for gateway in terminating_gateways(store, ws, name):
+                    gw_index, gw_pairs = store.catalog.service_nodes(ws, gateway)
+                    index = max(index, gw_index)
+                    pairs += [p for p in gw_pairs if p[1].kind == "terminating-gateway"]
+            return index, pairs
 
         pairs, headers = await self._read(opts, read)
         views = [svc.to_service_node(node) for node, svc in pairs]
@@ -365,6 +375,19 @@ def gateway_services(
             add(terminating, "terminating-gateway", svc)
     out.sort(key=lambda g: (str(g["Service"]["Name"]), g["GatewayKind"], g["Port"]))
     return max(index, 1), out
+
+
+def terminating_gateways(store: StateStore, ws: WatchSet | None, service: str) -> list[str]:
+    """Names of the terminating gateways whose config entry links ``service`` (or ``*``):
+    Consul's Connect lookups return their instances along with the service's proxies."""
+    _, entries = store.config_entries.list_kind(ws, "terminating-gateway")
+    wanted = service.lower()
+    names = []
+    for entry in entries:
+        linked = {str(s.get("Name") or "").lower() for s in entry.get("Services") or ()}
+        if wanted in linked or "*" in linked:
+            names.append(str(entry.get("Name") or ""))
+    return sorted(names)
 
 
 def _body_dc(body: Any) -> str:

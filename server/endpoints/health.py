@@ -33,6 +33,7 @@ from server.endpoints.catalog import (
     peer_requested,
     service_tags,
     sort_near,
+    terminating_gateways,
 )
 from server.endpoints.context import ServerContext
 from server.endpoints.http import HTTPError, json_response
@@ -139,7 +140,13 @@ class Health:
         def read(store: StateStore, ws: WatchSet | None) -> tuple[int, list[CheckServiceNode]]:
             if ingress:
                 return ingress_service_nodes(store, ws, name)
-            return store.catalog.check_service_nodes(ws, name, tags=tags, connect=connect)
+            index, items = store.catalog.check_service_nodes(ws, name, tags=tags, connect=connect)
+            if connect:
+                for gateway in terminating_gateways(store, ws, name):
+                    gw_index, gw_items = store.catalog.check_service_nodes(ws, gateway)
+                    index = max(index, gw_index)
+                    items += [i for i in gw_items if i[1].kind == "terminating-gateway"]
+            return index, items
 
         items, meta = await self.ctx.read(opts, read)
         headers = self.ctx.headers(meta)

@@ -214,3 +214,50 @@ def test_methods_are_checked_as_consul(agent: Client) -> None:
     assert agent.request("DELETE", "/v1/health/service/x").status == 405
     options = agent.request("OPTIONS", "/v1/catalog/nodes")
     assert options.status == 200 and options.headers["Allow"] == "OPTIONS,GET"
+
+
+def test_gateways_from_config_entries(agent: Client) -> None:
+    tgw = {"Kind": "terminating-gateway", "Name": "t7-tgw", "Services": [{"Name": "t7-ext"}]}
+    igw = {
+        "Kind": "ingress-gateway",
+        "Name": "t7-igw",
+        "Listeners": [{"Port": 8080, "Protocol": "tcp", "Services": [{"Name": "t7-web"}]}],
+    }
+    for entry in (tgw, igw):
+        reply = agent.put_json("/v1/config", entry)
+        assert reply.status == 200, reply.body
+    gateways = (
+        ("t7-tgw", "terminating-gateway", 8443),
+        ("t7-igw", "ingress-gateway", 8080),
+    )
+    for name, kind, port in gateways:
+        body = {
+            "Node": "t7-n1",
+            "Address": "10.7.0.1",
+            "Service": {"Service": name, "Kind": kind, "Port": port},
+        }
+        assert register(agent, body).json() is True
+
+    [linked] = agent.get("/v1/catalog/gateway-services/t7-tgw").json()
+    assert linked["Service"] == {"Name": "t7-ext"}
+    assert (linked["GatewayKind"], linked["Port"], linked["FromWildcard"]) == (
+        "terminating-gateway",
+        0,
+        False,
+    )
+    [routed] = agent.get("/v1/catalog/gateway-services/t7-igw").json()
+    assert (routed["Service"]["Name"], routed["Port"], routed["Protocol"]) == (
+        "t7-web",
+        8080,
+        "tcp",
+    )
+
+    connect = agent.get("/v1/catalog/connect/t7-ext").json()
+    assert [(s["ServiceName"], s["ServiceKind"]) for s in connect] == [
+        ("t7-tgw", "terminating-gateway")
+    ]
+    health = agent.get("/v1/health/connect/t7-ext").json()
+    assert [e["Service"]["Service"] for e in health] == ["t7-tgw"]
+    ingress = agent.get("/v1/health/ingress/t7-web").json()
+    assert [(e["Service"]["Service"], e["Service"]["Port"]) for e in ingress] == [("t7-igw", 8080)]
+    assert agent.get("/v1/health/ingress/t7-ext").json() == []
