@@ -11,10 +11,11 @@
 
 Bodies decode as Consul's: field names case-insensitive (py-consul sends ``service``,
 ``onlypassing``, ``nearestn``...), also in nested structures. Validation is Consul's
-``parseQuery`` (``Must provide a Service name to query``, ``Bad NearestN``, ``Bad DNS TTL``,
-``Targets cannot be populated with NearestN or Datacenters``, template checks); its errors and
-the state's (duplicate names, unknown sessions) are 500s with Consul's text, as Consul's RPC
-errors are. Update and delete of a missing query: ``Cannot modify non-existent prepared query:
+``parseQuery`` (``Must be bound to a session``, ``Must provide a Service name to query``,
+``Bad NearestN``, ``Bad DNS TTL``, ``Targets cannot be populated with NearestN or
+Datacenters``), answered as ``Invalid prepared query: <reason>``; the state's checks
+(duplicate names, unknown sessions, ``failed compiling template: ...``) come back as they are;
+all are 500s, as Consul's RPC errors are. Update and delete of a missing query: ``Cannot modify non-existent prepared query:
 '<id>'``.
 
 Execute and explain bodies also carry Consul's embedded ``QueryMeta`` fields (``Index``,
@@ -39,7 +40,7 @@ from server.endpoints.context import ServerContext
 from server.endpoints.health import check_service_node_api
 from server.endpoints.http import HTTPError, fold_keys, json_response, read_json
 from server.state import StateStore, WatchSet, parse_duration
-from server.state.prepared_queries import PreparedQueryError, compile_template
+from server.state.prepared_queries import PreparedQueryError
 
 __all__ = ["decode_query", "register", "validate_query"]
 
@@ -175,12 +176,10 @@ def _reorder(value: Any, like: Any) -> Any:
 
 
 def validate_query(query: dict[str, Any]) -> None:
-    """Consul's ``parseQuery``; raises ``ValueError`` with Consul's text."""
-    if query["Template"]["Type"]:
-        try:
-            compile_template(query)
-        except PreparedQueryError as exc:
-            raise ValueError(str(exc)) from None
+    """Consul's ``parseQuery``; raises ``ValueError`` with Consul's text (the endpoint adds
+    ``Invalid prepared query: ``). Templates are compiled by the state store, as in Consul."""
+    if not query["Name"] and not query["Template"]["Type"] and not query["Session"]:
+        raise ValueError("Must be bound to a session")
     if query["Token"] == REDACTED_TOKEN:
         raise ValueError(
             f"Bad Token '{REDACTED_TOKEN}', it looks like a query definition with a redacted "
@@ -264,14 +263,16 @@ class QueryEndpoint:
     async def _decode(self, request: web.Request) -> dict[str, Any]:
         raw = await read_json(request, empty={})
         try:
-            query = decode_query(raw)
+            return decode_query(raw)
         except ValueError as exc:
             raise HTTPError(400, f"Request decode failed: {exc}") from None
+
+    @staticmethod
+    def _validate(query: dict[str, Any]) -> None:
         try:
             validate_query(query)
         except ValueError as exc:
-            raise HTTPError(500, str(exc)) from None
-        return query
+            raise HTTPError(500, f"Invalid prepared query: {exc}") from None
 
     # --- /v1/query ---------------------------------------------------------------------
 
@@ -279,10 +280,7 @@ class QueryEndpoint:
         if request.method == "POST":
             self.ctx.check_datacenter(request.query.get("dc", ""))
             query = await self._decode(request)
-            if not query["Token"]:
-                query["Token"] = request.query.get("token", "") or request.headers.get(
-                    "X-Consul-Token", ""
-                )
+            self._validate(query)
             store = self.ctx.store
             while True:
                 query_id = str(uuid.uuid4())
@@ -312,19 +310,15 @@ class QueryEndpoint:
                 )
             return json_response(request, [ordered_query(query)], headers=self.ctx.headers(meta))
         self.ctx.check_datacenter(request.query.get("dc", ""))
-        existing = self.ctx.store.prepared_queries.get(None, query_id)[1]
+        query = await self._decode(request) if request.method == "PUT" else {"ID": query_id}
+        query["ID"] = query_id  # the URL's ID, not the body's
+        if self.ctx.store.prepared_queries.get(None, query_id)[1] is None:
+            raise HTTPError(500, f"Cannot modify non-existent prepared query: '{query_id}'")
         if request.method == "PUT":
-            query = await self._decode(request)
-            query["ID"] = query_id
-            if existing is None:
-                raise HTTPError(500, f"Cannot modify non-existent prepared query: '{query_id}'")
-            if not query["Token"]:
-                query["Token"] = str(existing.get("Token", ""))
+            self._validate(query)
             await self._apply("update", query)
             return web.Response(status=200)
-        if existing is None:
-            raise HTTPError(500, f"Cannot modify non-existent prepared query: '{query_id}'")
-        await self._apply("delete", {"ID": query_id})
+        await self._apply("delete", query)
         return web.Response(status=200)
 
     # --- execute and explain -------------------------------------------------------------

@@ -78,7 +78,7 @@ def _check_expression(expression: str) -> None:
         return
     if _MATCH.match(expr):
         return
-    raise PreparedQueryError(f"failed compiling template: unknown variable accessed: {expr}")
+    raise PreparedQueryError(f"unknown variable accessed: {expr}")
 
 
 def compile_template(query: dict[str, Any]) -> re.Pattern[str] | None:
@@ -96,7 +96,10 @@ def compile_template(query: dict[str, Any]) -> re.Pattern[str] | None:
 
     def check(text: str) -> str:
         for found in _INTERPOLATION.finditer(text):
-            _check_expression(found.group(1))
+            try:
+                _check_expression(found.group(1))
+            except PreparedQueryError as exc:
+                raise PreparedQueryError(f"Bad format '{text}' in template: {exc}") from None
         return text
 
     _strings({"Service": query.get("Service"), "DNS": query.get("DNS")}, check)

@@ -232,7 +232,7 @@ def test_prepared_query_lifecycle_and_execute(dev_agent: Client) -> None:
     missing_service = _post(c, "/v1/query", {"Name": "q2"})
     assert (missing_service.status, missing_service.body) == (
         500,
-        b"Must provide a Service name to query",
+        b"Invalid prepared query: Must provide a Service name to query",
     )
 
     updated = c.put_json(

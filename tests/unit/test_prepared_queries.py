@@ -20,6 +20,8 @@ QID2 = "aaaaaaaa-0000-0000-0000-000000000002"
 
 
 def _query(query_id: str = QID, **fields: Any) -> dict[str, Any]:
+    if not any(k in fields for k in ("Name", "Template", "Session")):
+        fields["Name"] = f"q-{query_id}"
     query = decode_query({"Service": {"Service": "redis"}, **fields})
     query["ID"] = query_id
     validate_query(query)
@@ -71,39 +73,58 @@ def test_decode_accepts_py_consul_lowercase_body() -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"Service": {}}, "Must provide a Service name to query"),
+        ({"Service": {"Service": "x"}}, "Must be bound to a session"),
+        ({"Name": "q", "Service": {}}, "Must provide a Service name to query"),
         (
-            {"Service": {"Service": "x", "Failover": {"NearestN": -1}}},
+            {"Name": "q", "Service": {"Service": "x", "Failover": {"NearestN": -1}}},
             "Bad NearestN '-1', must be >= 0",
         ),
         (
             {
+                "Name": "q",
                 "Service": {
                     "Service": "x",
                     "Failover": {"NearestN": 1, "Targets": [{"Datacenter": "dc2"}]},
-                }
+                },
             },
             "Targets cannot be populated with NearestN or Datacenters",
         ),
-        ({"Service": {"Service": "x"}, "DNS": {"TTL": "soon"}}, "Bad DNS TTL 'soon'"),
+        ({"Name": "q", "Service": {"Service": "x"}, "DNS": {"TTL": "soon"}}, "Bad DNS TTL 'soon'"),
         (
-            {"Service": {"Service": "x"}, "Token": "<hidden>"},
+            {"Name": "q", "Service": {"Service": "x"}, "Token": "<hidden>"},
             "it looks like a query definition with a redacted token",
-        ),
-        ({"Service": {"Service": "x"}, "Template": {"Type": "other"}}, "Bad Template.Type 'other'"),
-        (
-            {"Service": {"Service": "x"}, "Template": {"Type": "name_prefix_match", "Regexp": "("}},
-            "Bad Regexp",
-        ),
-        (
-            {"Service": {"Service": "${nope}"}, "Template": {"Type": "name_prefix_match"}},
-            "unknown variable accessed: nope",
         ),
     ],
 )
 def test_validation_messages(body: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError) as err:
         validate_query(decode_query(body))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("template", "service", "message"),
+    [
+        ({"Type": "other"}, "x", "failed compiling template: Bad Template.Type 'other'"),
+        (
+            {"Type": "name_prefix_match", "Regexp": "("},
+            "x",
+            "failed compiling template: Bad Regexp",
+        ),
+        (
+            {"Type": "name_prefix_match"},
+            "${nope}",
+            "failed compiling template: Bad format '${nope}' in template: unknown variable accessed: nope",
+        ),
+    ],
+)
+def test_template_errors_come_from_the_state(
+    template: dict[str, Any], service: str, message: str
+) -> None:
+    fsm = ConsulFSM(StateStore())
+    query = _query(Template=template, Service={"Service": service})
+    with pytest.raises(PreparedQueryError) as err:
+        _apply(fsm, 5, "create", query)
     assert message in str(err.value)
 
 
