@@ -926,6 +926,9 @@ class CatalogTable(StateTable):
                 self._bump_service(tx, check.service_name.lower())
             else:
                 self._bump_node_services(tx, nkey)
+            moved_from = existing.service_name.lower() if existing is not None else ""
+            if moved_from and moved_from != check.service_name.lower():
+                self._bump_service(tx, moved_from)
         if check.status == HEALTH_CRITICAL and self._sessions is not None:
             for session in self._sessions.check_sessions(check.node, check.check_id):
                 self._sessions.session_destroy_txn(tx, session.id, now)

@@ -459,3 +459,17 @@ def test_deregistering_a_node_deletes_its_coordinates(fsm: ConsulFSM) -> None:
         )
     dereg(fsm, 8, Node="n1")
     assert [e.node for e in store.coordinates.list_all(None)[1]] == ["n2"]
+
+
+def test_a_check_moved_between_services_wakes_both(fsm: ConsulFSM) -> None:
+    reg(fsm, 5, Node="n1", Service={"Service": "web"})
+    reg(fsm, 6, Node="n2", Address="10.0.0.2", Service={"Service": "db"})
+    reg(fsm, 7, Node="n2", Address="10.0.0.2", Check={"CheckID": "c", "ServiceID": "db"})
+    ws = WatchSet()
+    fsm.store.catalog.check_service_nodes(ws, "db")
+    reg(fsm, 8, Node="n2", Address="10.0.0.2", Check={"CheckID": "c"})
+    assert ws.fired
+    _, items = fsm.store.catalog.check_service_nodes(None, "db")
+    assert [[c.check_id for c in checks] for _, _, checks in items] == [["c"]]
+    assert fsm.store.catalog.service_checks(None, "db")[1] == []
+    fsm.store.check_invariants()
