@@ -585,15 +585,19 @@ def _validate_ingress(entry: dict[str, Any]) -> None:
 
 
 def _validate_meta(meta: Any) -> None:
+    """Consul's ``validateConfigEntryMeta`` (a multierror of every problem)."""
     if not isinstance(meta, dict):
         raise ValueError("Meta must be a map of strings")
+    errors: list[str] = []
     if len(meta) > 64:
-        raise ValueError("Meta exceeds maximum element count 64")
+        errors.append("Meta exceeds maximum element count 64")
     for key, value in meta.items():
         if len(key) > 128:
-            raise ValueError(f"Meta key {key!r} exceeds maximum length 128")
+            errors.append(f'Meta key "{key}" exceeds maximum length 128')
         if isinstance(value, str) and len(value) > 512:
-            raise ValueError(f"Meta value for key {key!r} exceeds maximum length 512")
+            errors.append(f'Meta value for key "{key}" exceeds maximum length 512')
+    if errors:
+        raise ValueError(_multierror(errors))
 
 
 def _scaled(weight: Any) -> int:
