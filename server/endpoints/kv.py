@@ -76,7 +76,13 @@ class KVEndpoint:
                 return await self._delete(request, key)
         except HTTPError as exc:
             return web.Response(status=exc.status, text=exc.message)
-        return web.Response(status=405, text=f"Method {request.method} not allowed")
+        if request.method == "OPTIONS":
+            return web.Response(status=200, headers={"Allow": "OPTIONS,GET,PUT,DELETE"})
+        return web.Response(
+            status=405,
+            text=f"method {request.method} not allowed",
+            headers={"Allow": "OPTIONS,GET,PUT,DELETE"},
+        )
 
     async def _get(self, request: web.Request, key: str) -> web.Response:
         if "recurse" in request.query:

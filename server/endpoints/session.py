@@ -42,6 +42,7 @@ from aiohttp import web
 
 from server.commands.session import OP_CREATE, OP_DESTROY, session_body
 from server.commands.types import MessageType
+from server.endpoints.catalog import add_endpoint
 from server.endpoints.context import ServerContext
 from server.endpoints.forward import ORIGIN_NODE_HEADER
 from server.endpoints.http import HTTPError, fold_keys, json_response, read_json
@@ -298,9 +299,9 @@ def register(app: web.Application, ctx: ServerContext) -> None:
     timers = SessionTTLTimers(ctx)
     ctx.add_service(timers)
     endpoint = SessionEndpoint(ctx, timers)
-    app.router.add_put("/v1/session/create", endpoint.create)
-    app.router.add_put("/v1/session/destroy/{id:.*}", endpoint.destroy)
-    app.router.add_put("/v1/session/renew/{id:.*}", endpoint.renew)
-    app.router.add_get("/v1/session/info/{id:.*}", endpoint.info)
-    app.router.add_get("/v1/session/node/{node:.*}", endpoint.node)
-    app.router.add_get("/v1/session/list", endpoint.list_all)
+    add_endpoint(app, "/v1/session/create", ["PUT"], endpoint.create)
+    add_endpoint(app, "/v1/session/destroy/{id:.*}", ["PUT"], endpoint.destroy)
+    add_endpoint(app, "/v1/session/renew/{id:.*}", ["PUT"], endpoint.renew)
+    add_endpoint(app, "/v1/session/info/{id:.*}", ["GET"], endpoint.info)
+    add_endpoint(app, "/v1/session/node/{node:.*}", ["GET"], endpoint.node)
+    add_endpoint(app, "/v1/session/list", ["GET"], endpoint.list_all)

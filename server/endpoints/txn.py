@@ -42,6 +42,7 @@ from aiohttp import web
 from server.commands.catalog import RequestDecodeError, normalize_check, normalize_service
 from server.commands.txn import TxnOp, encode_op, is_write, run_ops, txn_result
 from server.commands.types import MessageType
+from server.endpoints.catalog import add_endpoint
 from server.endpoints.context import ServerContext
 from server.endpoints.http import HTTPError, fold_keys, json_response, read_body
 from server.filter.strconv import go_quote
@@ -353,4 +354,4 @@ class TxnEndpoint:
 def register(app: web.Application, ctx: ServerContext) -> None:
     """Add this domain's routes to ``app``."""
     endpoint = TxnEndpoint(ctx)
-    app.router.add_put("/v1/txn", endpoint.handle)
+    add_endpoint(app, "/v1/txn", ["PUT"], endpoint.handle)
