@@ -662,13 +662,14 @@ class CatalogTable(StateTable):
         return _nonzero(self._indexes.get(TABLE_CHECKS)), checks
 
     def checks_in_state(self, ws: WatchSet | None, state: str) -> tuple[int, list[HealthCheck]]:
-        """Checks with status ``state`` (``any``: all), ordered by (node, ID)."""
+        """Checks with status ``state`` (``any``: all; matched case-insensitively, as Consul's
+        status index is), ordered by (node, ID)."""
         if ws is not None:
             ws.add(self._indexes.channel(TABLE_CHECKS))
         if state == HEALTH_ANY:
             checks = [self._checks[k] for k in sorted(self._checks)]
         else:
-            checks = self._checks_of(self._checks_by_status.get(state, ()))
+            checks = self._checks_of(self._checks_by_status.get(state.lower(), ()))
         return _nonzero(self._indexes.get(TABLE_CHECKS)), checks
 
     def _checks_of(self, keys: Iterable[CheckKey]) -> list[HealthCheck]:
@@ -915,6 +916,9 @@ class CatalogTable(StateTable):
             check = replace(check, status=HEALTH_CRITICAL)
         if nkey not in self._nodes:
             raise StateError("Missing node registration")
+        if not check.check_id:
+            # go-memdb refuses a row without its primary key.
+            raise StateError("failed inserting check: object missing primary index")
         if check.service_id:
             service = self._services.get((nkey, check.service_id.lower()))
             if service is None:
@@ -1033,14 +1037,14 @@ class CatalogTable(StateTable):
             _drop(self._checks_by_service, (key[0], old.service_id.lower()), key)
             if old.service_id:
                 _drop(self._checks_by_name, old.service_name.lower(), key)
-            _drop(self._checks_by_status, old.status, key)
+            _drop(self._checks_by_status, old.status.lower(), key)
         if row is not None:
             self._checks[key] = row
             _add(self._checks_by_node, key[0], key)
             _add(self._checks_by_service, (key[0], row.service_id.lower()), key)
             if row.service_id:
                 _add(self._checks_by_name, row.service_name.lower(), key)
-            _add(self._checks_by_status, row.status, key)
+            _add(self._checks_by_status, row.status.lower(), key)
 
     # --- StateTable hooks ------------------------------------------------------------------
 

@@ -265,6 +265,9 @@ def test_checks_in_state_and_by_service(fsm: ConsulFSM) -> None:
     catalog = fsm.store.catalog
     assert [c.check_id for c in catalog.checks_in_state(None, "any")[1]] == ["a", "b"]
     assert [c.check_id for c in catalog.checks_in_state(None, "passing")[1]] == ["b"]
+    assert [c.check_id for c in catalog.checks_in_state(None, "PASSING")[1]] == ["b"]
+    with pytest.raises(StateError, match="object missing primary index"):
+        reg(fsm, 99, Node="n1", Check={"Status": "passing"})
     assert catalog.checks_in_state(None, "maintenance") == (7, [])
     assert [c.check_id for c in catalog.service_checks(None, "WEB")[1]] == ["b"]
     _, items = catalog.check_service_nodes(None, "web")
