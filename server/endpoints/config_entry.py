@@ -357,7 +357,13 @@ KINDS: dict[str, tuple[Schema, dict[str, Any]]] = {
     ),
     "proxy-defaults": (
         _PROXY_DEFAULTS,
-        {"Config": None, "TransparentProxy": {}, "MeshGateway": {}, "Expose": {}},
+        {
+            "Config": None,
+            "TransparentProxy": {},
+            "MeshGateway": {},
+            "Expose": {},
+            "AccessLogs": {},
+        },
     ),
     "service-router": (_ROUTER, {"Routes": None}),
     "service-splitter": (_SPLITTER, {"Splits": None}),
