@@ -137,6 +137,13 @@ def _lock_delay(value: Any) -> int:
 def decode_session(raw: Any, node_name: str) -> Session:
     """The session a ``/v1/session/create`` body asks for, with Consul's defaults and its
     ``fixupEmptySessionChecks`` applied (see the module docstring)."""
+    if raw is not None and not isinstance(raw, dict):
+        kind = _JSON_TYPES.get(type(raw), "value")
+        raise HTTPError(
+            400,
+            f"Request decode failed: json: cannot unmarshal {kind} into Go value of type "
+            "structs.Session",
+        )
     body = fold_keys(raw, _FIELDS)
     lock_delay = DEFAULT_LOCK_DELAY_NS
     if body.get("LockDelay") is not None:

@@ -315,6 +315,8 @@ def test_create_body_is_case_insensitive_and_converts_lock_delay() -> None:
         HTTPError, match=r"cannot unmarshal number into Go struct field Session\.Name"
     ):
         decode_session({"Name": 3}, "me")
+    with pytest.raises(HTTPError, match="cannot unmarshal array into Go value of type"):
+        decode_session([], "me")
 
 
 def test_create_checks_fixup_follows_consul() -> None:
