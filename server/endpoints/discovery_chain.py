@@ -415,6 +415,7 @@ class DiscoveryChainEndpoint:
 
         def read(store: StateStore, ws: WatchSet | None) -> tuple[int, dict[str, Any]]:
             index = store.config_entries.watch_all(ws)
+            store.connect_ca.config(ws)  # the trust domain comes from the CA configuration
             trust_domain = store.connect_ca.trust_domain()
             chain = compile_chain(
                 store.config_entries,
