@@ -270,9 +270,27 @@ class _RaftView:
             )
         return out
 
-    def health(self, config: AutopilotConfig) -> dict[str, Any]:
+    async def serf_statuses(self) -> dict[str, str] | None:
+        """Each LAN serf member's status by its node ID tag (None without serf)."""
+        serf = self.ctx.serf_lan
+        if serf is None:
+            return None
+        try:
+            members = await serf.members()
+        except Exception:
+            return None
+        return {
+            str(m.tags.get("id") or m.name).lower(): str(m.status)
+            for m in members
+            if getattr(m, "tags", None) is not None
+        }
+
+    def health(
+        self, config: AutopilotConfig, serf_status: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """Consul's ``OperatorHealthReply`` as seen from this server (the leader knows its
-        followers' progress; a follower only knows itself and the leader)."""
+        followers' progress; a follower only knows itself and the leader). A server whose
+        serf status is not ``alive`` is unhealthy, as in Consul's autopilot."""
         raft = self.raft()
         last_index, followers = self.progress()
         now = time.time()
@@ -297,6 +315,10 @@ class _RaftView:
                     and contact_ns <= config.last_contact_threshold
                     and last_index - index <= config.max_trailing_logs
                 ) or (is_leader and not raft.is_leader)
+            status = "alive"
+            if serf_status is not None and not is_self:
+                status = serf_status.get(str(server.id).lower(), "none")
+            healthy = healthy and status == "alive"
             if healthy:
                 self.stable_since.setdefault(server.id, now)
             else:
@@ -309,7 +331,7 @@ class _RaftView:
                     "ID": self.public_id(server.id),
                     "Name": self.node_name(server.id),
                     "Address": server.address,
-                    "SerfStatus": "alive",
+                    "SerfStatus": status,
                     "Version": __version__,
                     "Leader": is_leader,
                     "LastContact": format_duration(contact_ns),
@@ -459,12 +481,12 @@ def register(app: web.Application, ctx: ServerContext) -> None:
 
     async def autopilot_health(request: web.Request) -> web.Response:
         config, _ = await read_autopilot(request)
-        reply = view.health(config)
+        reply = view.health(config, await view.serf_statuses())
         return json_response(request, reply, status=200 if reply["Healthy"] else 429)
 
     async def autopilot_state(request: web.Request) -> web.Response:
         config, _ = await read_autopilot(request)
-        health = view.health(config)
+        health = view.health(config, await view.serf_statuses())
         servers: dict[str, Any] = {}
         voters: list[str] = []
         leader = ""
