@@ -19,6 +19,12 @@ from server.state import (
     validate_session_request,
 )
 
+
+def _store() -> StateStore:
+    """A store whose catalog hooks accept any node and check (these tests are about sessions)."""
+    return StateStore(node_exists=lambda node: True, check_status=lambda node, check: "passing")
+
+
 S1 = "11111111-2222-3333-4444-555555555555"
 S2 = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 S3 = "00000000-0000-0000-0000-000000000003"
@@ -29,7 +35,7 @@ SECOND = 1_000_000_000
 
 
 def test_create_sets_indexes_and_defaults_the_behavior() -> None:
-    store = StateStore()
+    store = _store()
     row = store.session_create(3, Session(id=S1, node="node1", behavior=""))
     assert (row.create_index, row.modify_index, row.behavior) == (3, 3, "release")
     assert store.session_get(None, S1) == (3, row)
@@ -66,17 +72,17 @@ def test_create_checks_use_consuls_texts(session: Session, text: str) -> None:
     assert store.session_list(None) == (1, [])
 
 
-def test_default_catalog_hooks_accept_any_node_and_check() -> None:
-    store = StateStore()
-    store.session_create(1, Session(id=S1, node="anything", node_checks=("whatever",)))
-    assert store.session_get(None, S1)[1] is not None
+def test_default_catalog_hooks_need_a_registered_node() -> None:
+    store = StateStore()  # the real catalog: nothing is registered
+    with pytest.raises(StateError, match="Missing node registration"):
+        store.session_create(1, Session(id=S1, node="anything", node_checks=("whatever",)))
 
 
 # --- reads -------------------------------------------------------------------------------
 
 
 def test_list_node_sessions_and_case_insensitive_lookups() -> None:
-    store = StateStore()
+    store = _store()
     store.session_create(1, Session(id=S2, node="Node1"))
     store.session_create(2, Session(id=S1, node="node1"))
     store.session_create(3, Session(id=S3, node="node2"))
@@ -87,11 +93,11 @@ def test_list_node_sessions_and_case_insensitive_lookups() -> None:
     assert store.node_sessions(None, "node3") == (3, [])
     assert store.session_get(None, S1.upper())[1] == store.session_get(None, S1)[1]
     assert store.session_get(None, "missing") == (3, None)
-    assert StateStore().session_get(None, S1) == (1, None)
+    assert _store().session_get(None, S1) == (1, None)
 
 
 def test_renew_is_a_read() -> None:
-    store = StateStore()
+    store = _store()
     store.session_create(4, Session(id=S1, node="n", ttl="30s"))
     before = store.snapshot()
     index, session = store.session_renew(S1)
@@ -101,7 +107,7 @@ def test_renew_is_a_read() -> None:
 
 
 def test_check_sessions_index() -> None:
-    store = StateStore()
+    store = _store()
     store.session_create(1, Session(id=S1, node="n", node_checks=("serfHealth",)))
     store.session_create(
         2,
@@ -118,7 +124,7 @@ def test_check_sessions_index() -> None:
 
 
 def test_destroy_with_behavior_release_releases_every_key() -> None:
-    store = StateStore()
+    store = _store()
     store.session_create(1, Session(id=S1, node="n"))
     store.session_create(2, Session(id=S2, node="n"))
     assert store.kvs_lock(3, DirEntry("a", b"1", session=S1))
@@ -137,7 +143,7 @@ def test_destroy_with_behavior_release_releases_every_key() -> None:
 
 
 def test_destroy_with_behavior_delete_deletes_every_key() -> None:
-    store = StateStore()
+    store = _store()
     store.session_create(1, Session(id=S1, node="n", behavior="delete"))
     store.kvs_lock(2, DirEntry("lock/a", b"1", session=S1))
     store.kvs_lock(3, DirEntry("lock/b", b"2", session=S1))
@@ -151,14 +157,14 @@ def test_destroy_with_behavior_delete_deletes_every_key() -> None:
 
 
 def test_destroy_of_an_unknown_session_is_a_noop() -> None:
-    store = StateStore()
+    store = _store()
     store.session_create(1, Session(id=S1, node="n"))
     assert not store.session_destroy(2, S2)
     assert store.max_index(TABLE_SESSIONS) == 1
 
 
 def test_destroy_is_case_insensitive_and_releases_locks_taken_with_any_case() -> None:
-    store = StateStore()
+    store = _store()
     store.session_create(1, Session(id=S2, node="n"))
     assert store.kvs_lock(2, DirEntry("k", b"", session=S2.upper()))
     assert store.session_destroy(3, S2)
@@ -167,7 +173,7 @@ def test_destroy_is_case_insensitive_and_releases_locks_taken_with_any_case() ->
 
 
 def test_a_session_can_be_recreated_with_the_same_id() -> None:
-    store = StateStore()
+    store = _store()
     store.session_create(1, Session(id=S1, node="a"))
     store.session_create(2, Session(id=S1, node="b"))
     assert store.node_sessions(None, "a")[1] == []
@@ -178,7 +184,7 @@ def test_a_session_can_be_recreated_with_the_same_id() -> None:
 
 
 def test_sessions_survive_a_snapshot_round_trip() -> None:
-    store = StateStore()
+    store = _store()
     store.session_create(
         1,
         Session(
