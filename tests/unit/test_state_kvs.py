@@ -26,6 +26,13 @@ from server.state import (
     StateStore,
 )
 
+
+def _store() -> StateStore:
+    """A store whose catalog hooks accept any node and check (sessions on nodes that
+    these tests never register)."""
+    return StateStore(node_exists=lambda node: True, check_status=lambda node, check: "passing")
+
+
 S1 = "11111111-2222-3333-4444-555555555555"
 S2 = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 SECOND = 1_000_000_000
@@ -43,14 +50,14 @@ def with_session(store: StateStore, idx: int, sid: str = S1, **kw: object) -> Se
 
 
 def test_get_on_an_empty_store_returns_index_1_never_0() -> None:
-    store = StateStore()
+    store = _store()
     assert store.kvs_get(None, "foo") == (1, None)
     assert store.kvs_list(None, "") == (1, [])
     assert store.kvs_keys(None, "") == (1, [])
 
 
 def test_set_then_get_sets_create_and_modify_index() -> None:
-    store = StateStore()
+    store = _store()
     row = put(store, 1, "foo", b"bar")
     assert row == DirEntry("foo", b"bar", 0, "", 0, 1, 1)
     assert store.kvs_get(None, "foo") == (1, row)
@@ -62,7 +69,7 @@ def test_set_then_get_sets_create_and_modify_index() -> None:
 
 
 def test_get_index_is_the_entry_modify_index_not_the_table_index() -> None:
-    store = StateStore()
+    store = _store()
     put(store, 3, "a")
     put(store, 9, "b")
     assert store.kvs_get(None, "a")[0] == 3
@@ -70,7 +77,7 @@ def test_get_index_is_the_entry_modify_index_not_the_table_index() -> None:
 
 
 def test_get_of_a_missing_key_returns_the_table_index_including_tombstones() -> None:
-    store = StateStore()
+    store = _store()
     put(store, 4, "a")
     put(store, 5, "b")
     assert store.kvs_get(None, "nope") == (5, None)
@@ -83,7 +90,7 @@ def test_get_of_a_missing_key_returns_the_table_index_including_tombstones() -> 
 
 
 def test_set_ignores_the_callers_session_and_keeps_the_lock_holder() -> None:
-    store = StateStore()
+    store = _store()
     store.kvs_set(1, DirEntry("foo", b"x", session="nope"))
     assert store.kvs_get(None, "foo")[1] == DirEntry("foo", b"x", 0, "", 0, 1, 1)
     with_session(store, 2)
@@ -96,7 +103,7 @@ def test_set_ignores_the_callers_session_and_keeps_the_lock_holder() -> None:
 
 def test_plain_set_stores_the_callers_lock_index_as_consul_does() -> None:
     # Consul's kvsSetTxn takes LockIndex from the request entry (0 for a plain HTTP PUT).
-    store = StateStore()
+    store = _store()
     with_session(store, 1)
     assert store.kvs_lock(2, DirEntry("k", b"a", session=S1))
     store.kvs_set(3, DirEntry("k", b"b"))
@@ -105,7 +112,7 @@ def test_plain_set_stores_the_callers_lock_index_as_consul_does() -> None:
 
 
 def test_a_set_that_changes_nothing_writes_nothing() -> None:
-    store = StateStore()
+    store = _store()
     put(store, 1, "foo", b"x")
     row = store.kvs_set(5, DirEntry("foo", b"x"))
     assert row.modify_index == 1
@@ -118,7 +125,7 @@ def test_a_set_that_changes_nothing_writes_nothing() -> None:
 
 
 def test_value_none_and_binary_values_are_kept_raw() -> None:
-    store = StateStore()
+    store = _store()
     put(store, 1, "nil", None)
     put(store, 2, "bin", bytes(range(256)))
     assert store.kvs_get(None, "nil")[1] == DirEntry("nil", None, 0, "", 0, 1, 1)
@@ -130,7 +137,7 @@ def test_value_none_and_binary_values_are_kept_raw() -> None:
 
 
 def test_list_returns_entries_in_key_order_with_the_max_index_under_the_prefix() -> None:
-    store = StateStore()
+    store = _store()
     for idx, key in enumerate(
         ["foo", "foo/bar", "foo/bar/zip", "foo/bar/zip/zorp", "foo/bar/baz"], start=1
     ):
@@ -144,7 +151,7 @@ def test_list_returns_entries_in_key_order_with_the_max_index_under_the_prefix()
 
 
 def test_list_index_after_a_delete_does_not_go_backwards() -> None:
-    store = StateStore()
+    store = _store()
     for idx, key in enumerate(["foo", "foo/bar", "foo/baz", "foo/moo", "foo/zoo"], start=1):
         put(store, idx, key)
     store.kvs_delete(6, "foo/baz")
@@ -163,7 +170,7 @@ def test_list_index_after_a_delete_does_not_go_backwards() -> None:
 
 
 def test_list_of_an_empty_prefix_falls_back_to_the_table_index() -> None:
-    store = StateStore()
+    store = _store()
     put(store, 1, "foo/bar/baz")
     store.kvs_delete(6, "foo/bar/baz")
     assert store.kvs_list(None, "foo/bar/baz")[0] == 6
@@ -175,7 +182,7 @@ def test_list_of_an_empty_prefix_falls_back_to_the_table_index() -> None:
 
 
 def test_list_of_everything_uses_the_table_index_including_tombstones() -> None:
-    store = StateStore()
+    store = _store()
     put(store, 1, "a")
     put(store, 2, "b")
     store.kvs_delete(3, "b")
@@ -183,7 +190,7 @@ def test_list_of_everything_uses_the_table_index_including_tombstones() -> None:
 
 
 def test_keys_with_a_separator_follow_consul() -> None:
-    store = StateStore()
+    store = _store()
     for idx, key in enumerate(
         [
             "foo",
@@ -221,7 +228,7 @@ def test_keys_with_a_separator_follow_consul() -> None:
 
 
 def test_delete_leaves_a_tombstone_and_is_idempotent() -> None:
-    store = StateStore()
+    store = _store()
     put(store, 1, "foo")
     put(store, 2, "foo/bar")
     assert store.kvs_delete(3, "foo")
@@ -236,7 +243,7 @@ def test_delete_leaves_a_tombstone_and_is_idempotent() -> None:
 
 
 def test_delete_cas() -> None:
-    store = StateStore()
+    store = _store()
     put(store, 1, "foo")
     put(store, 2, "bar")
     put(store, 3, "baz")
@@ -255,7 +262,7 @@ def test_delete_cas() -> None:
 
 
 def test_set_cas() -> None:
-    store = StateStore()
+    store = _store()
     # Non-zero CAS index and no entry: no-op.
     assert not store.kvs_set_cas(2, DirEntry("foo", b"foo", create_index=1, modify_index=1))
     assert store.kvs_get(None, "foo")[1] is None
@@ -283,7 +290,7 @@ def test_set_cas() -> None:
 
 
 def test_delete_tree() -> None:
-    store = StateStore()
+    store = _store()
     put(store, 1, "foo/bar")
     put(store, 2, "foo/bar/baz")
     put(store, 3, "foo/bar/zip")
@@ -299,7 +306,7 @@ def test_delete_tree() -> None:
 
 
 def test_delete_tree_tombstone_rules_follow_consul() -> None:
-    store = StateStore()
+    store = _store()
     for idx, key in enumerate(
         ["foo", "foo/bar", "foo/bar/zip", "foo/bar/zip/zorp", "foo/bar/zip/zap", "foo/nope"],
         start=1,
@@ -324,7 +331,7 @@ def test_delete_tree_tombstone_rules_follow_consul() -> None:
 
 
 def test_lock_errors_use_consuls_texts() -> None:
-    store = StateStore()
+    store = _store()
     with pytest.raises(StateError) as err:
         store.kvs_lock(1, DirEntry("foo", b"foo"))
     assert str(err.value) == "missing session"
@@ -338,7 +345,7 @@ def test_lock_errors_use_consuls_texts() -> None:
 
 
 def test_lock_index_progression() -> None:
-    store = StateStore()
+    store = _store()
     with_session(store, 3, S1)
     # Lock and create the key at once.
     assert store.kvs_lock(4, DirEntry("foo", b"foo", session=S1))
@@ -370,7 +377,7 @@ def test_lock_index_progression() -> None:
 
 
 def test_lock_delay_with_an_explicit_clock() -> None:
-    store = StateStore()
+    store = _store()
     with_session(store, 1, S1, lock_delay=15 * SECOND)
     with_session(store, 2, S2)
     assert store.kvs_lock(3, DirEntry("k", b"a", session=S1), now=50.0)
@@ -390,7 +397,7 @@ def test_lock_delay_with_an_explicit_clock() -> None:
 
 
 def test_lock_delay_is_capped_and_skipped_without_now() -> None:
-    store = StateStore()
+    store = _store()
     with_session(store, 1, S1, lock_delay=3600 * SECOND)
     assert store.kvs_lock(2, DirEntry("k", b"a", session=S1))
     store.session_destroy(3, S1, now=0.0)
@@ -402,7 +409,7 @@ def test_lock_delay_is_capped_and_skipped_without_now() -> None:
 
 
 def test_lock_does_not_check_lock_delay_of_the_fsm_path() -> None:
-    store = StateStore()
+    store = _store()
     with_session(store, 1, S1, lock_delay=15 * SECOND)
     with_session(store, 2, S2)
     store.kvs_lock(3, DirEntry("k", b"", session=S1))
@@ -411,7 +418,7 @@ def test_lock_does_not_check_lock_delay_of_the_fsm_path() -> None:
 
 
 def test_check_session_and_check_index_texts() -> None:
-    store = StateStore()
+    store = _store()
     with_session(store, 1)
     store.kvs_lock(2, DirEntry("k", b"", session=S1))
     assert store.kvs_check_session("k", S1).key == "k"
@@ -434,7 +441,7 @@ def test_check_session_and_check_index_texts() -> None:
 
 
 def test_a_transaction_applies_many_operations_atomically() -> None:
-    store = StateStore()
+    store = _store()
     put(store, 1, "a")
     with store.write_txn(2) as tx:
         store.kvs_set_txn(tx, DirEntry("b", b"2"))
@@ -445,7 +452,7 @@ def test_a_transaction_applies_many_operations_atomically() -> None:
 
 
 def test_an_aborted_transaction_leaves_no_trace() -> None:
-    store = StateStore()
+    store = _store()
     put(store, 1, "a")
     put(store, 2, "tree/x")
     put(store, 3, "tree/y")
@@ -471,7 +478,7 @@ def test_an_aborted_transaction_leaves_no_trace() -> None:
 
 
 def test_only_one_write_transaction_at_a_time() -> None:
-    store = StateStore()
+    store = _store()
     with store.write_txn(1), pytest.raises(RuntimeError):
         store.kvs_set(1, DirEntry("a"))
     put(store, 2, "a")
@@ -486,7 +493,7 @@ def test_only_one_write_transaction_at_a_time() -> None:
 
 
 def build_store() -> StateStore:
-    store = StateStore()
+    store = _store()
     put(store, 1, "a", b"1")
     put(store, 2, "nil", None)
     put(store, 3, "bin", bytes(range(256)))
@@ -518,8 +525,8 @@ def test_snapshot_round_trip() -> None:
 
 def test_snapshots_are_deterministic() -> None:
     # The same state reached through different insertion orders gives the same bytes.
-    one = StateStore()
-    two = StateStore()
+    one = _store()
+    two = _store()
     for store, order in ((one, ["b", "a", "x/1", "c"]), (two, ["x/1", "c", "a", "b"])):
         with store.write_txn(3) as tx:
             for key in order:
@@ -539,7 +546,7 @@ def test_restore_rejects_garbage() -> None:
 
 
 def test_to_api_shape() -> None:
-    store = StateStore()
+    store = _store()
     with_session(store, 1)
     store.kvs_lock(2, DirEntry("k", b"hi", flags=4, session=S1))
     put(store, 3, "n", None)
@@ -618,7 +625,7 @@ class KVModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.store = StateStore()
+        self.store = _store()
         self.idx = 0
         self.rows: dict[str, tuple[bytes | None, int, str, int, int, int]] = {}
         self.stones: dict[str, int] = {}
@@ -778,7 +785,9 @@ class KVModel(RuleBasedStateMachine):
     @rule()
     def snapshot_round_trip(self) -> None:
         blob = self.store.snapshot()
-        restored = StateStore.restore(blob)
+        restored = StateStore.restore(
+            blob, node_exists=lambda node: True, check_status=lambda node, check: "passing"
+        )
         assert restored.snapshot() == blob
         self.store = restored
 

@@ -20,6 +20,13 @@ from server.state import (
     WatchSet,
 )
 
+
+def _store() -> StateStore:
+    """A store whose catalog hooks accept any node and check (sessions on nodes that
+    these tests never register)."""
+    return StateStore(node_exists=lambda node: True, check_status=lambda node, check: "passing")
+
+
 S1 = "11111111-2222-3333-4444-555555555555"
 S2 = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 
@@ -160,7 +167,7 @@ def kv_list_ws(store: StateStore, prefix: str) -> WatchSet:
 
 
 def test_key_watch_fires_for_its_key_only() -> None:
-    store = StateStore()
+    store = _store()
     missing = kv_get_ws(store, "foo")
     store.kvs_set(1, DirEntry("foo", b"bar"))
     assert missing.fired  # creation of a watched missing key
@@ -177,7 +184,7 @@ def test_key_watch_fires_for_its_key_only() -> None:
 
 
 def test_prefix_watch_fires_for_keys_under_the_prefix_only() -> None:
-    store = StateStore()
+    store = _store()
     ws = kv_list_ws(store, "foo/bar")
     store.kvs_set(1, DirEntry("foo/ba", b""))
     store.kvs_set(2, DirEntry("foo", b""))
@@ -202,7 +209,7 @@ def test_prefix_watch_fires_for_keys_under_the_prefix_only() -> None:
 
 
 def test_table_channel_fires_on_any_write_to_its_table() -> None:
-    store = StateStore()
+    store = _store()
     kvs = WatchSet([store.table_channel(TABLE_KVS)])
     sessions = WatchSet([store.table_channel(TABLE_SESSIONS)])
     store.kvs_set(1, DirEntry("anything", b""))
@@ -217,7 +224,7 @@ def test_table_channel_fires_on_any_write_to_its_table() -> None:
 
 
 def test_writes_that_change_nothing_fire_nothing() -> None:
-    store = StateStore()
+    store = _store()
     store.session_create(1, Session(id=S1, node="n"))
     store.session_create(2, Session(id=S2, node="n"))
     store.kvs_set(3, DirEntry("k", b"v"))
@@ -240,7 +247,7 @@ def test_writes_that_change_nothing_fire_nothing() -> None:
 
 
 def test_aborted_writes_fire_nothing_and_commits_fire_after_the_change() -> None:
-    store = StateStore()
+    store = _store()
     store.kvs_set(1, DirEntry("k", b"old"))
     ws = kv_get_ws(store, "k")
     with pytest.raises(RuntimeError), store.write_txn(2) as tx:
@@ -269,7 +276,7 @@ def test_aborted_writes_fire_nothing_and_commits_fire_after_the_change() -> None
 
 
 def test_a_failing_callback_does_not_undo_the_write() -> None:
-    store = StateStore()
+    store = _store()
     ws = kv_get_ws(store, "k")
     other = kv_list_ws(store, "")
     hits = Counter()
@@ -287,7 +294,7 @@ def test_a_failing_callback_does_not_undo_the_write() -> None:
 
 
 def test_session_watches() -> None:
-    store = StateStore()
+    store = _store()
     by_id = WatchSet()
     store.session_get(by_id, S1)
     by_node = WatchSet()
@@ -305,7 +312,7 @@ def test_session_watches() -> None:
 
 
 def test_session_invalidation_fires_the_key_watches_of_its_locks() -> None:
-    store = StateStore()
+    store = _store()
     store.session_create(1, Session(id=S1, node="n"))
     store.kvs_lock(2, DirEntry("service/leader", b"me", session=S1))
     ws = kv_get_ws(store, "service/leader")
@@ -314,7 +321,7 @@ def test_session_invalidation_fires_the_key_watches_of_its_locks() -> None:
 
 
 def test_abandon_fires_every_channel() -> None:
-    store = StateStore()
+    store = _store()
     store.kvs_set(1, DirEntry("k", b""))
     store.session_create(2, Session(id=S1, node="n"))
     sets = [kv_get_ws(store, "k"), kv_get_ws(store, "missing"), kv_list_ws(store, "a/")]
@@ -343,7 +350,7 @@ def test_abandon_fires_every_channel() -> None:
 
 
 def test_restore_then_abandon_wakes_blocking_readers() -> None:
-    old = StateStore()
+    old = _store()
     old.kvs_set(1, DirEntry("k", b"v"))
     ws = kv_get_ws(old, "k")
     ws.add(old.abandon_channel)
@@ -356,7 +363,7 @@ def test_restore_then_abandon_wakes_blocking_readers() -> None:
 
 
 def test_ten_thousand_watchers_on_one_key() -> None:
-    store = StateStore()
+    store = _store()
     store.kvs_set(1, DirEntry("hot", b""))
     hits = Counter()
     for _ in range(10_000):
@@ -374,7 +381,7 @@ def test_ten_thousand_watchers_on_one_key() -> None:
 
 
 def test_many_prefix_watchers_cost_one_lookup_per_watched_length() -> None:
-    store = StateStore()
+    store = _store()
     hits = Counter()
     for i in range(2000):
         ws = kv_list_ws(store, f"app/{i:04d}/")
