@@ -10,6 +10,7 @@ import io
 import math
 import tarfile
 import zlib
+from typing import Any
 
 import pytest
 
@@ -340,3 +341,64 @@ def test_user_event_encoding_round_trip_and_validation() -> None:
         validate_event(UserEventMessage("x", "n", tag_filter="t"))
     with pytest.raises(HTTPError, match="Invalid node filter"):
         validate_event(UserEventMessage("x", "n", node_filter="("))
+
+
+# --- autopilot health from the Raft view ----------------------------------------------------
+
+
+class _StubRaft:
+    """What the operator endpoints read from a RaftNode: the leader's view of 3 voters."""
+
+    def __init__(self, followers: dict[str, dict[str, object]]) -> None:
+        from raft.core.types import Membership, Server
+
+        self.id = "id-1"
+        self.leader_id = "id-1"
+        self.is_leader = True
+        self.term = 4
+        self.membership = Membership(
+            (
+                Server("id-1", "10.0.0.1:8300"),
+                Server("id-2", "10.0.0.2:8300"),
+                Server("id-3", "10.0.0.3:8300"),
+            )
+        )
+        self._followers = followers
+
+    def stats(self) -> dict[str, object]:
+        return {"last_log_index": 1000, "followers": self._followers}
+
+
+def _health(
+    followers: dict[str, dict[str, object]], serf: dict[str, str] | None = None
+) -> dict[str, Any]:
+    from server.config.runtime import RuntimeConfig
+    from server.endpoints.context import ServerContext
+    from server.endpoints.operator import _RaftView
+
+    ctx = ServerContext(RuntimeConfig(node_name="n1"), ConsulFSM(), _StubRaft(followers))  # type: ignore[arg-type]
+    return _RaftView(ctx).health(AutopilotConfig(), serf)
+
+
+def test_autopilot_health_judges_followers_by_contact_and_trailing_logs() -> None:
+    fresh = {"match": 1000, "last_contact_s": 0.05}
+    health = _health({"id-2": fresh, "id-3": fresh})
+    assert health["Healthy"] is True and health["FailureTolerance"] == 1
+    assert [s["Name"] for s in health["Servers"]] == ["n1", "id-2", "id-3"]
+    assert [s["Leader"] for s in health["Servers"]] == [True, False, False]
+    assert health["Servers"][1]["LastContact"] == "50ms"
+    # Too far behind (more than MaxTrailingLogs=250), or silent for longer than 200ms.
+    health = _health(
+        {
+            "id-2": {"match": 700, "last_contact_s": 0.05},
+            "id-3": {"match": 1000, "last_contact_s": 0.5},
+        }
+    )
+    assert health["Healthy"] is False and health["FailureTolerance"] == 0
+    assert [s["Healthy"] for s in health["Servers"]] == [True, False, False]
+    # Never contacted, or not alive in serf.
+    health = _health(
+        {"id-2": {"match": 0, "last_contact_s": None}, "id-3": fresh}, {"id-3": "failed"}
+    )
+    assert [s["Healthy"] for s in health["Servers"]] == [True, False, False]
+    assert health["Servers"][2]["SerfStatus"] == "failed"
