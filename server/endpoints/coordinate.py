@@ -30,10 +30,11 @@ _UPDATE_FIELDS = ("Node", "Segment", "Coord", "Datacenter", "Partition")
 
 
 def wan_node_name(ctx: ServerContext, raft_id: str) -> str:
-    """The name a server's WAN coordinate is listed under. Consul lists WAN serf member
-    names (``<node>.<dc>``); Proconsul lists the catalog node name, so that the name can be
-    used with ``/v1/coordinate/node`` and ``/v1/coordinate/update`` (which, as Consul's,
-    only store coordinates of catalog nodes)."""
+    """The name a server's WAN coordinate is listed under: its node name (as in the sample
+    of Consul's API documentation; Consul's WAN serf member names are ``<node>.<dc>``, which
+    its router strips nowhere, so live Consul may show the suffixed form). The plain name
+    can be used with ``/v1/coordinate/node`` and ``/v1/coordinate/update``, which (as
+    Consul's) only store coordinates of catalog nodes."""
     from server.endpoints.operator import server_node_name
 
     return server_node_name(ctx, raft_id)
