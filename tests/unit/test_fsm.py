@@ -81,8 +81,8 @@ def test_lock_without_session_is_refused() -> None:
 
 def test_unknown_commands_raise() -> None:
     fsm = ConsulFSM()
-    with pytest.raises(UnknownCommandError, match="unknown command type 200"):
-        fsm.apply(2, bytes([200]) + b"{}")
+    with pytest.raises(UnknownCommandError, match="unknown command type 250"):
+        fsm.apply(2, bytes([250]) + b"{}")
     with pytest.raises(UnknownCommandError):
         fsm.apply(2, b"")
     with pytest.raises(UnknownCommandError, match="not supported"):
