@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-import server.agent  # noqa: F401  (imports server.endpoints in the order the agent does)
 from server.commands.types import MessageType
 from server.endpoints.event import UserEventMessage, uuid_to_uint64, validate_event
 from server.endpoints.http import HTTPError
