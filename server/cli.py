@@ -71,7 +71,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
 
     import structlog
 
-    from server.agent import run_agent
+    from server.agent.process import run_agent
     from server.config import ConfigError, load_runtime_config
     from server.logging import configure
 

@@ -10,7 +10,6 @@ from cryptography import x509
 
 # server.endpoints imported first hits an import cycle through server.agent (not ours); the
 # agent package imported first resolves it.
-import server.agent  # noqa: F401
 from server.endpoints.config_entry import (
     api_view,
     decode_config_entry,

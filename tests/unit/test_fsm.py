@@ -86,7 +86,7 @@ def test_unknown_commands_raise() -> None:
     with pytest.raises(UnknownCommandError):
         fsm.apply(2, b"")
     with pytest.raises(UnknownCommandError, match="not supported"):
-        fsm.apply(2, encode_command(MessageType.SESSION, {"Op": "create"}))
+        fsm.apply(2, encode_command(MessageType.AREA, {"Op": "create"}))
     with pytest.raises(UnknownCommandError, match="unknown KVS op"):
         fsm.apply(2, encode_command(MessageType.KVS, {"Op": "zap", "DirEnt": {"Key": "a"}}))
     with pytest.raises(UnknownCommandError):

@@ -9,7 +9,6 @@ import pytest
 
 # server.endpoints imported first hits an import cycle through server.agent (not ours); the
 # agent package imported first resolves it.
-import server.agent  # noqa: F401
 from server.endpoints.query import decode_query, ordered_query, validate_query
 from server.fsm import ConsulFSM, MessageType, encode_command
 from server.state import Session, StateStore

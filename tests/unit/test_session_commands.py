@@ -10,7 +10,6 @@ import pytest
 
 # server.agent first: importing server.endpoints on its own currently hits an import cycle
 # (server.endpoints.agent -> server.agent.checks -> server.agent -> server.endpoints).
-import server.agent  # noqa: F401
 from server.commands.session import session_body, session_from_body
 from server.commands.txn import encode_op, run_ops
 from server.endpoints.http import HTTPError

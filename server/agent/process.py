@@ -1,0 +1,380 @@
+"""The agent process: ``Agent`` runs one Proconsul server agent from a ``RuntimeConfig``.
+
+Parts, started in this order and stopped in reverse:
+
+1. Raft: storage (in memory for ``-dev``, else SQLite + snapshot files under
+   ``<data_dir>/raft``), the gRPC transport on the server port, which also carries server RPC
+   (``server.rpc``: followers forward to the leader).
+2. The HTTP API (``server.endpoints``) on ``client_addr:http_port``.
+3. The LAN serf (``server.agent.serf_lan``), joined to ``start_join``/``retry_join``.
+4. Raft start. A server with Raft state starts at once. ``-dev``/``-bootstrap`` found a
+   one-server cluster. With ``-bootstrap-expect N`` a fresh server waits until it sees N
+   servers of its datacenter through serf, none with Raft state, and then founds the cluster
+   with exactly those servers (every one of them computes the same set, so they all write the
+   same founding configuration). A fresh server that sees a server with state waits to be
+   added by that cluster's leader (``server.agent.leader``).
+5. Endpoint services (``ctx.services``) and the leadership watcher that tells them when this
+   server leads.
+
+Shutdown (SIGTERM/SIGINT, ``PUT /v1/agent/leave``): leave serf gracefully (bounded), stop
+HTTP, services and Raft; the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from gossip.demo import parse_address
+from gossip.node import GossipNode
+from gossip.serf import Serf
+from raft.core.types import Membership, Server
+from raft.node import RaftNode
+from raft.storage.base import RaftStorage, SnapshotStore
+from raft.storage.memory import MemorySnapshotStore, MemoryStorage
+from raft.storage.snapshots import FileSnapshotStore
+from raft.storage.sqlite import SqliteStorage
+from raft.timing import Timing
+from raft.transport.grpc import GrpcTransport
+from server.agent.leader import LeaderDuties
+from server.agent.serf_lan import ServerInfo, build_tags, start_lan_serf
+from server.config.runtime import RuntimeConfig
+from server.endpoints import build_app
+from server.endpoints.context import ServerContext
+from server.fsm import ConsulFSM
+from server.rpc.client import LeaderClient
+from server.rpc.service import ServerRPCService
+
+__all__ = ["Agent", "default_node_name", "run_agent"]
+
+log = structlog.get_logger("agent")
+
+LEAVE_TIMEOUT = 5.0
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _dev_ports(config: RuntimeConfig) -> RuntimeConfig:
+    """``-dev`` agents on one machine must not collide: a default server or serf port that
+    is taken falls back to a free one (a port given explicitly is used as given)."""
+    from dataclasses import replace
+
+    host = config.bind_addr or "127.0.0.1"
+    changes: dict[str, Any] = {}
+    for name, default in (("server_port", 8300), ("serf_lan_port", 8301), ("serf_wan_port", 8302)):
+        port = getattr(config, name)
+        if port == 0 or (port == default and not _port_free(host, port)):
+            changes[name] = _free_port(host)
+    return replace(config, **changes) if changes else config
+
+
+def _node_id(config: RuntimeConfig) -> str:
+    """The node ID: configured, or persisted in ``<data_dir>/node-id``, or new (dev)."""
+    if config.node_id:
+        return config.node_id
+    if config.dev or not config.data_dir:
+        return str(uuid.uuid4())
+    path = Path(config.data_dir) / "node-id"
+    if path.exists():
+        text = path.read_text().strip()
+        if text:
+            return text
+    new = str(uuid.uuid4())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(new + "\n")
+    os.replace(tmp, path)
+    return new
+
+
+class Agent:
+    def __init__(self, config: RuntimeConfig) -> None:
+        if config.dev:
+            config = _dev_ports(config)
+        self.config = config
+        self.node_id = _node_id(config)
+        self.fsm = ConsulFSM()
+        self.shutdown_requested = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._leadership_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._storage: RaftStorage
+        self._snapshots: SnapshotStore
+        if config.dev or not config.data_dir:
+            self._storage = MemoryStorage()
+            self._snapshots = MemorySnapshotStore()
+            self._sqlite: SqliteStorage | None = None
+        else:
+            raft_dir = Path(config.data_dir) / "raft"
+            raft_dir.mkdir(parents=True, exist_ok=True)
+            self._sqlite = SqliteStorage(raft_dir / "raft.db")
+            self._storage = self._sqlite
+            self._snapshots = FileSnapshotStore(raft_dir / "snapshots")
+        host = config.http_bind
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        http_base = (
+            f"http://[{host}]:{config.http_port}"
+            if ":" in host
+            else f"http://{host}:{config.http_port}"
+        )
+        self.raft = RaftNode(
+            self.node_id,
+            fsm=self.fsm,
+            storage=self._storage,
+            snapshots=self._snapshots,
+            transport=GrpcTransport(
+                self.node_id,
+                f"{config.bind_addr or '0.0.0.0'}:{config.server_port}",
+                extra_services=[lambda server: self.rpc_service.add_to(server)],
+            ),
+            timing=Timing(raft_multiplier=config.raft_multiplier, lease_reads=True),
+        )
+        self.rpc_service = ServerRPCService(self.raft, http_base)
+        self.leader_client = LeaderClient()
+        self.ctx = ServerContext(config, self.fsm, self.raft)
+        self.ctx.agent = self
+        self.ctx.leader_rpc = self.leader_client
+        self.ctx.add_service(LeaderDuties(self.ctx))
+        self.serf: GossipNode[Serf] | None = None
+        self._raft_started = False
+        self._leaving = False
+        #: The process exit code: 1 after a fatal error (an unknown Raft command).
+        self.exit_code = 0
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        if self._sqlite is not None:
+            await self._sqlite.open()
+        has_state = await self._has_raft_state()
+        if cfg.dev or cfg.bootstrap:
+            await self.raft.bootstrap(Membership((Server(self.node_id, cfg.server_rpc_address),)))
+            has_state = True
+        self._runner = web.AppRunner(build_app(self.ctx), access_log=None, shutdown_timeout=5.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, cfg.http_bind, cfg.http_port).start()
+        tags = build_tags(cfg, self.node_id, has_state=has_state)
+        self.serf = await start_lan_serf(cfg, tags, self._on_serf_event)
+        self.ctx.serf_lan = self.serf
+        if has_state or not cfg.bootstrap_expect:
+            await self._start_raft()
+        else:
+            self._spawn(self._bootstrap_expect(), "bootstrap-expect")
+        joins = list(cfg.start_join) + list(cfg.retry_join)
+        if joins:
+            self._spawn(self._retry_join(joins), "retry-join")
+        for service in self.ctx.services:
+            await service.start()
+        self._leadership_task = asyncio.create_task(self._watch_leadership(), name="leadership")
+        log.info(
+            "agent_started",
+            node=cfg.node_name,
+            id=self.node_id,
+            datacenter=cfg.datacenter,
+            http=f"{cfg.http_bind}:{cfg.http_port}",
+            server=cfg.server_rpc_address,
+            serf_lan=f"{self.serf.local_address[0]}:{self.serf.local_address[1]}",
+        )
+
+    async def _has_raft_state(self) -> bool:
+        state = await self._storage.load()
+        return bool(state.hard_state.term or state.entries or state.snapshot.index)
+
+    async def _start_raft(self) -> None:
+        if self._raft_started:
+            return
+        self._raft_started = True
+        await self.raft.start()
+        if self.serf is not None:
+            tags = build_tags(self.config, self.node_id, has_state=True)
+            await self.serf.set_tags(tags)
+
+    async def _bootstrap_expect(self) -> None:
+        """Found the cluster once ``bootstrap_expect`` servers are seen (module docstring)."""
+        cfg = self.config
+        assert self.serf is not None
+        while not self._raft_started:
+            members = await self.serf.members()
+            servers = [
+                info
+                for info in (ServerInfo.from_member(m) for m in members)
+                if info is not None and info.datacenter == cfg.datacenter and info.status == "alive"
+            ]
+            if any(s.has_state for s in servers if s.node_id != self.node_id):
+                log.info("bootstrap_skipped", reason="a server already has raft state")
+                await self._start_raft()
+                return
+            if len(servers) >= cfg.bootstrap_expect:
+                mismatched = [
+                    s.name for s in servers if s.expect and s.expect != cfg.bootstrap_expect
+                ]
+                if mismatched:
+                    log.error("bootstrap_expect_mismatch", servers=mismatched)
+                else:
+                    chosen = sorted(servers, key=lambda s: s.node_id)
+                    membership = Membership(tuple(Server(s.node_id, s.rpc_address) for s in chosen))
+                    await self.raft.bootstrap(membership)
+                    log.info("bootstrapped", servers=[s.name for s in chosen])
+                    await self._start_raft()
+                    return
+            await asyncio.sleep(0.2)
+
+    async def _retry_join(self, addresses: list[str]) -> None:
+        """Join the LAN pool; retry every ``retry_interval`` (Consul's 30 s; 1 s while no
+        member was ever reached) until one join succeeds."""
+        assert self.serf is not None
+        seeds = []
+        for text in addresses:
+            try:
+                host, port = parse_address(text if ":" in text else f"{text}:8301")
+            except ValueError as exc:
+                log.error("retry_join_bad_address", address=text, error=str(exc))
+                continue
+            seeds.append((host, port))
+        attempt = 0
+        while seeds:
+            attempt += 1
+            try:
+                joined = await self.serf.join(seeds)
+            except Exception as exc:
+                joined = 0
+                log.info("join_failed", attempt=attempt, error=str(exc))
+            if joined:
+                log.info("joined", members=joined)
+                return
+            if self.config.retry_max and attempt >= self.config.retry_max:
+                log.error("retry_join_gave_up", attempts=attempt)
+                return
+            await asyncio.sleep(min(1.0 * attempt, self.config.retry_interval))
+
+    async def join(self, addresses: list[str]) -> int:
+        assert self.serf is not None
+        return await self.serf.join(
+            [parse_address(a if ":" in a else f"{a}:8301") for a in addresses]
+        )
+
+    async def leave(self) -> None:
+        """Leave the LAN pool gracefully, then shut the agent down."""
+        if self._leaving:
+            return
+        self._leaving = True
+        if self.serf is not None:
+            with contextlib.suppress(Exception):
+                await self.serf.leave(LEAVE_TIMEOUT)
+        self.shutdown_requested.set()
+
+    def _on_serf_event(self, event: object) -> None:
+        for listener in list(self.ctx.event_listeners):
+            try:
+                listener(event)
+            except Exception as exc:
+                log.warning("serf_listener_failed", error=repr(exc))
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch_leadership(self) -> None:
+        """Tell every service when this server gains or loses leadership (polls the Raft
+        role; leader-only loops tolerate the ~50 ms lag)."""
+        was_leader = False
+        while True:
+            if self.raft.fatal_error is not None and not self.shutdown_requested.is_set():
+                log.critical("raft_stopped_fatal", error=str(self.raft.fatal_error))
+                self.exit_code = 1
+                self.shutdown_requested.set()
+            is_leader = self._raft_started and self.raft.is_leader
+            if is_leader != was_leader:
+                was_leader = is_leader
+                log.info("leadership_changed", leader=is_leader)
+                for service in self.ctx.services:
+                    try:
+                        await service.leadership_changed(is_leader)
+                    except Exception as exc:
+                        log.warning(
+                            "leadership_hook_failed", service=repr(service), error=repr(exc)
+                        )
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self.serf is not None and not self._leaving:
+            self._leaving = True
+            with contextlib.suppress(Exception):
+                await self.serf.leave(LEAVE_TIMEOUT)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._leadership_task is not None:
+            self._leadership_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leadership_task
+        self.ctx.close()
+        for service in reversed(self.ctx.services):
+            with contextlib.suppress(Exception):
+                await service.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.serf is not None:
+            with contextlib.suppress(Exception):
+                await self.serf.stop()
+        with contextlib.suppress(Exception):
+            await self.rpc_service.close()
+        with contextlib.suppress(Exception):
+            await self.leader_client.close()
+        if self._raft_started:
+            await self.raft.stop()
+        elif self._sqlite is not None:
+            await self._sqlite.close()
+        log.info("agent_stopped", node=self.config.node_name)
+
+
+async def run_agent(config: RuntimeConfig) -> int:
+    """Run an agent until SIGINT/SIGTERM or a leave; returns the exit code."""
+    agent = Agent(config)
+    await agent.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, agent.shutdown_requested.set)
+    if config.pid_file:
+        Path(config.pid_file).write_text(f"{os.getpid()}\n")
+    try:
+        await agent.shutdown_requested.wait()
+        async with asyncio.timeout(10):
+            await agent.stop()
+    finally:
+        if config.pid_file:
+            with contextlib.suppress(OSError):
+                os.unlink(config.pid_file)
+    return agent.exit_code
+
+
+def default_node_name() -> str:
+    return socket.gethostname() or "proconsul"
