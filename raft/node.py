@@ -549,6 +549,16 @@ class RaftNode:
         self._reads_confirmed = []
         self._applied_waiters = []
 
+    def learn_peer(self, node_id: NodeId, address: str) -> None:
+        """Remember how to reach ``node_id`` even while it is not in the configuration this
+        node knows (a fresh server must answer a leader before it has the log that lists it).
+        Addresses in the configuration take precedence."""
+        if node_id == self.id or self.peers.get(node_id) == address:
+            return
+        self.peers[node_id] = address
+        if self.core is not None and self.core.membership.get(node_id) is None:
+            self.transport.set_peer(node_id, address)
+
     def _update_peers(self) -> None:
         if self.core is None:
             return

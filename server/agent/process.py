@@ -35,8 +35,8 @@ import structlog
 from aiohttp import web
 
 from gossip.demo import parse_address
-from gossip.node import GossipNode
-from gossip.serf import Serf
+from gossip.node import GossipNode, MemberInfo
+from gossip.serf import MemberEvent, Serf
 from raft.core.types import Membership, Server
 from raft.node import RaftNode
 from raft.storage.base import RaftStorage, SnapshotStore
@@ -292,11 +292,20 @@ class Agent:
         self.shutdown_requested.set()
 
     def _on_serf_event(self, event: object) -> None:
+        if isinstance(event, MemberEvent):
+            for member in event.members:
+                self._learn_server(member.name, member.addr, member.tags)
         for listener in list(self.ctx.event_listeners):
             try:
                 listener(event)
             except Exception as exc:
                 log.warning("serf_listener_failed", error=repr(exc))
+
+    def _learn_server(self, name: str, addr: tuple[str, int], tags: Any) -> None:
+        """Tell Raft how to reach a server of this datacenter seen through serf."""
+        info = ServerInfo.from_member(MemberInfo(name, addr, "alive", tags))
+        if info is not None and info.datacenter == self.config.datacenter:
+            self.raft.learn_peer(info.node_id, info.rpc_address)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
