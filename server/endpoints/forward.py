@@ -19,7 +19,7 @@ from aiohttp import web
 
 from proto import server_rpc_pb2 as pb
 from server.endpoints.context import ServerContext
-from server.endpoints.http import MAX_QUERY_WAIT, HTTPError
+from server.endpoints.http import BODY_KEY, MAX_QUERY_WAIT, HTTPError
 from server.rpc.errors import NotLeaderError
 from server.rpc.service import FORWARDED_HEADER
 
@@ -71,6 +71,7 @@ def forward_middleware(
         if raft is None or raft.is_leader or ctx.leader_rpc is None or not _needs_leader(request):
             return await handler(request)
         body = await request.read()
+        request[BODY_KEY] = body  # if this server becomes leader meanwhile, it handles it
         message = pb.HttpRequest(
             method=request.method,
             path_qs=request.path_qs,

@@ -27,11 +27,13 @@ from aiohttp import web
 from server.state import parse_duration
 
 __all__ = [
+    "BODY_KEY",
     "DEFAULT_QUERY_WAIT",
     "MAX_BODY_SIZE",
     "MAX_QUERY_WAIT",
     "HTTPError",
     "QueryOptions",
+    "cached_body",
     "fold_keys",
     "json_response",
     "parse_bool_param",
@@ -73,8 +75,25 @@ def json_response(
     )
 
 
+#: Where a body already read from the stream is kept on the request (the forwarding middleware
+#: reads it before it knows whether it will forward; the handler must still see it).
+BODY_KEY = "proconsul.body"
+
+
+def cached_body(request: web.Request) -> bytes | None:
+    cached = request.get(BODY_KEY)
+    return cached if isinstance(cached, bytes) else None
+
+
 async def read_body(request: web.Request, limit: int = MAX_BODY_SIZE) -> bytes:
     """The raw request body; 413 beyond ``limit`` bytes."""
+    cached = cached_body(request)
+    if cached is not None:
+        if len(cached) > limit:
+            raise HTTPError(
+                413, f"Request body({len(cached)} bytes) too large, max size: {limit} bytes."
+            )
+        return cached
     length = request.content_length
     if length is not None and length > limit:
         raise HTTPError(413, f"Request body({length} bytes) too large, max size: {limit} bytes.")

@@ -32,7 +32,7 @@ import orjson
 from aiohttp import web
 
 from server.endpoints.context import ServerContext
-from server.endpoints.http import HTTPError, parse_uint_param
+from server.endpoints.http import HTTPError, cached_body, parse_uint_param
 from server.fsm import encode_kvs
 from server.state import DirEntry, StateStore, WatchSet
 
@@ -165,6 +165,11 @@ def _conflicting_flags(request: web.Request, *flags: str) -> None:
 
 async def _read_body(request: web.Request) -> bytes:
     """The request body, or a 413 once it is over ``KV_MAX_VALUE_SIZE``."""
+    cached = cached_body(request)
+    if cached is not None:
+        if len(cached) > KV_MAX_VALUE_SIZE:
+            raise _too_large(len(cached))
+        return cached
     length = request.content_length
     if length is not None and length > KV_MAX_VALUE_SIZE:
         raise _too_large(length)
