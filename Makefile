@@ -15,7 +15,7 @@ help:
 	@echo "            (extra pytest arguments: PYTEST_ARGS='-k raft -x')"
 	@echo "make lint   ruff check, ruff format --check, mypy (strict) on raft/, gossip/ and server/"
 	@echo "make proto  regenerate proto/*_pb2*.py from proto/*.proto"
-	@echo "make bench  run bench/raft_bench.py (vs etcd) and bench/gossip_bench.py (full-size gossip.sim)"
+	@echo "make bench  run bench/raft_bench.py and bench/kv_bench.py (vs etcd), bench/gossip_bench.py (gossip.sim)"
 	@echo "make venv   create .venv and install the project with its test and bench extras"
 	@echo "make clean  remove the venv, caches and build output"
 
@@ -72,6 +72,7 @@ bench: venv
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	fi
 	$(PY) bench/raft_bench.py $(BENCH_ARGS)
+	$(PY) bench/kv_bench.py $(BENCH_ARGS)
 	$(PY) bench/gossip_bench.py
 
 clean:
