@@ -38,7 +38,7 @@ from server.config.runtime import RuntimeConfig
 from server.endpoints.http import HTTPError, QueryOptions, parse_query_options
 from server.filter import FilterError, compile_filter
 from server.fsm import ConsulFSM, encode_command
-from server.rpc.errors import NotLeaderError
+from server.rpc.errors import NotLeaderError, NotSentError
 from server.state import StateStore, WatchSet
 
 __all__ = ["LeaderRPC", "QueryMeta", "ServerContext", "Service"]
@@ -164,8 +164,8 @@ class ServerContext:
             if leader and self.leader_rpc is not None:
                 try:
                     return await self.leader_rpc.apply(leader, command)
-                except NotLeaderError:
-                    pass  # leadership moved while the request was in flight
+                except (NotLeaderError, NotSentError):
+                    pass  # never acted on: wait for the (new) leader and retry
             await self._hold(deadline)
 
     async def _hold(self, deadline: float) -> None:
@@ -203,7 +203,7 @@ class ServerContext:
             if leader and self.leader_rpc is not None:
                 try:
                     index = await self.leader_rpc.read_index(leader)
-                except NotLeaderError:
+                except (NotLeaderError, NotSentError):
                     await self._hold(deadline)
                     continue
                 await raft.wait_applied(index)

@@ -20,7 +20,7 @@ from aiohttp import web
 from proto import server_rpc_pb2 as pb
 from server.endpoints.context import ServerContext
 from server.endpoints.http import BODY_KEY, MAX_QUERY_WAIT, HTTPError
-from server.rpc.errors import NotLeaderError
+from server.rpc.errors import NotLeaderError, NotSentError
 from server.rpc.service import FORWARDED_HEADER
 
 __all__ = ["FORWARDED_PREFIXES", "ORIGIN_NODE_HEADER", "forward_middleware"]
@@ -92,8 +92,14 @@ def forward_middleware(
                     reply = await ctx.leader_rpc.forward_http(
                         leader, message, MAX_QUERY_WAIT * 1.1 + 30
                     )
-                except (NotLeaderError, HTTPError):
-                    reply = None  # the leader went away: look again until the deadline
+                except (NotLeaderError, NotSentError):
+                    reply = None  # never acted on: look for the leader again until the deadline
+                except HTTPError:
+                    # The leader may have acted on it before failing: retrying a write could
+                    # apply it twice. Only reads are retried (as Consul's forwarding does).
+                    if request.method not in ("GET", "HEAD"):
+                        raise
+                    reply = None
                 if reply is not None:
                     headers = {
                         h.name: h.value for h in reply.headers if h.name.lower() not in _SKIP_BACK

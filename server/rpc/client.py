@@ -16,12 +16,22 @@ import orjson
 from proto import server_rpc_pb2 as pb
 from proto import server_rpc_pb2_grpc as pb_grpc
 from server.endpoints.http import HTTPError
-from server.rpc.errors import NotLeaderError
+from server.rpc.errors import NotLeaderError, NotSentError
 from server.rpc.service import NOT_LEADER
 
-__all__ = ["LeaderClient", "NotLeaderError"]
+__all__ = ["LeaderClient", "NotLeaderError", "NotSentError"]
 
 _MAX_MESSAGE = 64 * 1024 * 1024
+
+
+def _rpc_failure(exc: grpc.aio.AioRpcError) -> Exception:
+    """``NotSentError`` when the server could not be reached at all, else an HTTP 500."""
+    details = exc.details() or exc.code().name
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and (
+        "failed to connect" in details.lower() or "connection refused" in details.lower()
+    ):
+        return NotSentError(details)
+    return HTTPError(500, f"rpc error: {details}")
 
 
 class LeaderClient:
@@ -53,7 +63,7 @@ class LeaderClient:
                 pb.ApplyRequest(command=command), timeout=30
             )
         except grpc.aio.AioRpcError as exc:
-            raise HTTPError(500, f"rpc error: {exc.details() or exc.code().name}") from None
+            raise _rpc_failure(exc) from None
         if reply.error == NOT_LEADER:
             raise NotLeaderError(reply.error)
         if reply.error:
@@ -66,7 +76,7 @@ class LeaderClient:
                 pb.ReadIndexRequest(), timeout=10
             )
         except grpc.aio.AioRpcError as exc:
-            raise HTTPError(500, f"rpc error: {exc.details() or exc.code().name}") from None
+            raise _rpc_failure(exc) from None
         if reply.error == NOT_LEADER:
             raise NotLeaderError(reply.error)
         if reply.error:
@@ -81,5 +91,7 @@ class LeaderClient:
                 request, timeout=timeout
             )
         except grpc.aio.AioRpcError as exc:
-            raise HTTPError(500, f"rpc error: {exc.details() or exc.code().name}") from None
+            raise _rpc_failure(exc) from None
+        if reply.status == 503 and reply.body == NOT_LEADER.encode():
+            raise NotLeaderError(NOT_LEADER)
         return reply

@@ -78,6 +78,9 @@ class ServerRPCService:
         return pb.ReadIndexResponse(index=self._raft.applied_index)
 
     async def forward_http(self, request: pb.HttpRequest) -> pb.HttpResponse:
+        if not self._raft.is_leader:
+            # Not acted on: the follower looks for the new leader and retries.
+            return pb.HttpResponse(status=503, body=NOT_LEADER.encode())
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
