@@ -129,6 +129,13 @@ class LeaderDuties:
                 "Output": output,
             },
         }
+        existing = self.ctx.store.catalog.node(member.name)
+        if existing is not None:
+            # Keep what the node's agent synced (Consul's leader copies these too).
+            if existing.tagged_addresses is not None:
+                request["TaggedAddresses"] = dict(existing.tagged_addresses)
+            if existing.meta is not None:
+                request["NodeMeta"] = dict(existing.meta)
         if server is not None:
             port = int(server.rpc_address.rsplit(":", 1)[1])
             request["Service"] = {
