@@ -96,7 +96,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         log.warning("config_warning", message=warning)
     try:
-        code: int = asyncio.run(run_agent(config))
+        code: int = asyncio.run(run_agent(config, lambda: load_runtime_config(args)))
     except OSError as exc:
         print(f"proconsul agent: {exc}", file=sys.stderr)
         return 1

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,9 @@ from server.agent.serf_lan import ServerInfo, build_tags, start_lan_serf
 from server.config.runtime import RuntimeConfig
 from server.endpoints import build_app
 from server.endpoints.context import ServerContext
+from server.endpoints.http import HTTPError
 from server.fsm import ConsulFSM
+from server.http.lean import LeanSite
 from server.rpc.client import LeaderClient
 from server.rpc.service import ServerRPCService
 
@@ -111,8 +115,30 @@ def _node_id(config: RuntimeConfig) -> str:
     return new
 
 
+#: Settings ``reload`` applies; everything else needs a restart (as in Consul, where ports,
+#: addresses, data dir, datacenter and server mode are fixed for the life of the process).
+RELOADABLE = (
+    "log_level",
+    "log_json",
+    "services",
+    "checks",
+    "node_meta",
+    "session_ttl_min",
+    "check_update_interval",
+    "enable_script_checks",
+    "enable_local_script_checks",
+    "telemetry",
+    "autopilot",
+    "dns_config",
+    "rpc_hold_timeout",
+)
+
+
 class Agent:
-    def __init__(self, config: RuntimeConfig) -> None:
+    def __init__(
+        self, config: RuntimeConfig, reload_config: Callable[[], RuntimeConfig] | None = None
+    ) -> None:
+        self._reload_config = reload_config
         if config.dev:
             config = _dev_ports(config)
         self.config = config
@@ -180,7 +206,7 @@ class Agent:
             has_state = True
         self._runner = web.AppRunner(build_app(self.ctx), access_log=None, shutdown_timeout=5.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, cfg.http_bind, cfg.http_port).start()
+        await LeanSite(self._runner, self.ctx, cfg.http_bind, cfg.http_port).start()
         tags = build_tags(cfg, self.node_id, has_state=has_state)
         self.serf = await start_lan_serf(cfg, tags, self._on_serf_event)
         self.ctx.serf_lan = self.serf
@@ -281,6 +307,28 @@ class Agent:
             [parse_address(a if ":" in a else f"{a}:8301") for a in addresses]
         )
 
+    async def reload(self) -> None:
+        """Re-read the configuration (``/v1/agent/reload``, SIGHUP) and apply what Consul
+        reloads (``RELOADABLE``). A configuration that no longer loads is refused with its
+        message (``HTTPError`` 500) and nothing changes."""
+        if self._reload_config is None:
+            return
+        try:
+            fresh = await asyncio.to_thread(self._reload_config)
+        except Exception as exc:
+            raise HTTPError(500, f"Failed reloading config: {exc}") from None
+        from server.logging import configure
+
+        configure(fresh.log_level, fresh.log_json)
+        changes = {name: getattr(fresh, name) for name in RELOADABLE}
+        self.config = dataclasses.replace(self.config, **changes)
+        self.ctx.config = self.config
+        for service in self.ctx.services:
+            hook = getattr(service, "reload_config", None)
+            if hook is not None:
+                hook()
+        log.info("config_reloaded")
+
     async def leave(self) -> None:
         """Leave the LAN pool gracefully, then shut the agent down."""
         if self._leaving:
@@ -365,13 +413,27 @@ class Agent:
         log.info("agent_stopped", node=self.config.node_name)
 
 
-async def run_agent(config: RuntimeConfig) -> int:
-    """Run an agent until SIGINT/SIGTERM or a leave; returns the exit code."""
-    agent = Agent(config)
+async def run_agent(
+    config: RuntimeConfig, reload_config: Callable[[], RuntimeConfig] | None = None
+) -> int:
+    """Run an agent until SIGINT/SIGTERM or a leave; SIGHUP reloads. Returns the exit code."""
+    agent = Agent(config, reload_config)
     await agent.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, agent.shutdown_requested.set)
+
+    def on_hup() -> None:
+        task = loop.create_task(agent.reload(), name="reload")
+        task.add_done_callback(
+            lambda t: (
+                t.cancelled()
+                or t.exception() is None
+                or log.error("reload_failed", error=str(t.exception()))
+            )
+        )
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     if config.pid_file:
         Path(config.pid_file).write_text(f"{os.getpid()}\n")
     try:

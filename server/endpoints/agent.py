@@ -418,6 +418,14 @@ class AgentLocal:
             async with asyncio.timeout(timeout):
                 await event.wait()
 
+    def reload_config(self) -> None:
+        """After ``/v1/agent/reload`` or SIGHUP: (re-)register the services and checks of the
+        configuration files now in ``ctx.config`` (ones removed from the files stay until
+        deregistered through the API)."""
+        self._load_config()
+        if self._trigger is not None:
+            self._trigger.set()
+
     def _load_config(self) -> None:
         """Services and checks from the agent's configuration files."""
         for raw in self.ctx.config.services:
