@@ -98,6 +98,7 @@ class LeaderDuties:
             elif member.status in ("left", "leaving"):
                 await self._deregister_member(member)
             await self._reconcile_raft(member)
+        await self._cleanup_dead_servers(members)
         # Catalog nodes that carry a serfHealth check but no longer have a member: reaped.
         for node in self._serf_nodes():
             if node not in known and node != self.ctx.config.node_name:
@@ -157,6 +158,35 @@ class LeaderDuties:
         await self.ctx.apply(MessageType.DEREGISTER, {"Node": member.name})
 
     # --- raft membership ---------------------------------------------------------------
+
+    async def _cleanup_dead_servers(self, members: list[MemberInfo]) -> None:
+        """Autopilot's dead-server cleanup: remove Raft servers that serf reports failed, when
+        ``CleanupDeadServers`` is on and at most a minority of the voters would go (and at
+        least ``MinQuorum`` voters remain). Servers serf does not know are left alone (after a
+        restart serf may simply not have heard of them yet)."""
+        raft = self.ctx.raft
+        if raft is None:
+            return
+        _, autopilot = self.ctx.store.system.autopilot_config(None)
+        if autopilot is not None and not autopilot.cleanup_dead_servers:
+            return
+        status: dict[str, str] = {}
+        for member in members:
+            info = ServerInfo.from_member(member)
+            if info is not None and info.datacenter == self.ctx.config.datacenter:
+                status[info.node_id] = member.status
+        membership = raft.membership
+        voters = [s for s in membership.servers if s.id in membership.voters]
+        dead = [s for s in membership.servers if s.id != raft.id and status.get(s.id) == "failed"]
+        dead_voters = [s for s in dead if s.id in membership.voters]
+        min_quorum = autopilot.min_quorum if autopilot is not None else 0
+        if not dead or len(dead_voters) * 2 >= len(voters):
+            return
+        if len(voters) - len(dead_voters) < min_quorum:
+            return
+        for server in dead:
+            log.info("autopilot_remove_dead_server", id=server.id, address=server.address)
+            await raft.remove_server(server.id)
 
     async def _reconcile_raft(self, member: MemberInfo) -> None:
         raft = self.ctx.raft
