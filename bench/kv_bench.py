@@ -53,6 +53,7 @@ import base64
 import collections
 import datetime
 import json
+import os
 import shutil
 import signal
 import socket
@@ -147,6 +148,7 @@ class ProconsulCluster:
     root: Path
     servers: list[ConsulServer] = field(default_factory=list)
     leader: ConsulServer | None = None
+    no_lean: bool = False
 
     def start(self) -> None:
         ports = free_ports(9)
@@ -155,6 +157,8 @@ class ProconsulCluster:
         exe = Path(sys.executable).with_name("proconsul")
         command = [str(exe)] if exe.exists() else [sys.executable, "-m", "server.cli"]
         self.servers = [ConsulServer(f"s{i + 1}", *ports[3 * i : 3 * i + 3]) for i in range(3)]
+        if self.no_lean:
+            os.environ["PROCONSUL_LEAN_HTTP"] = "0"  # inherited by the servers only
         for s in self.servers:
             joins = [f"-retry-join=127.0.0.1:{o.serf}" for o in self.servers if o is not s]
             args = [
@@ -165,6 +169,7 @@ class ProconsulCluster:
                 f"-config-file={config}", "-log-level=warn", *joins,
             ]  # fmt: skip
             s.proc = self.procs.start(f"ours-{s.name}", args)
+        os.environ.pop("PROCONSUL_LEAN_HTTP", None)
 
     def find_leader(self, timeout: float = 90) -> ConsulServer:
         def agreed() -> ConsulServer | None:
@@ -368,8 +373,16 @@ def py_spy() -> str:
 
 
 def profiled_run(
-    procs: Processes, out_dir: Path, name: str, pid: int, url: str, script: Path, seconds: float
+    procs: Processes,
+    out_dir: Path,
+    op: str,
+    conns: int,
+    pid: int,
+    url: str,
+    script: Path,
+    seconds: float,
 ) -> str:
+    name = f"{op}-c{conns}"
     raw = out_dir / f"{name}.txt"
     spy = subprocess.Popen(
         [py_spy(), "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
@@ -377,13 +390,13 @@ def profiled_run(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        row = run_wrk(procs, f"wrk-profile-{name}", url, script, 64, seconds)
+        row = run_wrk(procs, f"wrk-profile-{name}", url, script, conns, seconds)
         spy.wait(timeout=seconds + 30)
     finally:
         Processes.stop(spy)
     summary = profile_summary(raw)
     text = (
-        f"profile of our leader (pid {pid}) during {name} at 64 connections "
+        f"profile of our leader (pid {pid}) during {op}s at {conns} connection(s) "
         f"({row['per_second']:.0f} req/s while sampled):\n{summary}"
     )
     (out_dir / f"{name}-summary.txt").write_text(text + "\n")
@@ -393,17 +406,39 @@ def profiled_run(
 # --- the benchmark ---------------------------------------------------------------------------
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time used so far by these processes (all their threads)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
-    procs: Processes, system: str, op: str, url: str, script: Path, conns: int, seconds: float
+    procs: Processes,
+    system: str,
+    op: str,
+    url: str,
+    script: Path,
+    conns: int,
+    seconds: float,
+    pids: list[int],
 ) -> dict[str, Any]:
     procs.check_alive()
     log(f"{op}: wrk -c{conns} on {system} for {max(1, round(seconds))} s")
     # A log name of its own: run_wrk reads the first result line of the whole log file.
     name = f"wrk-{system.replace(' ', '-')}-{op}-c{conns}"
+    cpu_before = cpu_seconds(pids)
     row = run_wrk(procs, name, url, script, conns, seconds)
+    cpu = cpu_seconds(pids) - cpu_before
+    # CPU of the system's three server processes per successful request (wrk's own excluded).
+    row["cpu_ms_per_request"] = 1000 * cpu / row["ok"] if row["ok"] else 0.0
     row.update(system=system, op=op, load=loadavg())
     log(f"  {row['per_second']:.0f} req/s, p50 {row['p50_ms']:.2f} ms, "
-        f"p99 {row['p99_ms']:.2f} ms, {row['errors']} errors")  # fmt: skip
+        f"p99 {row['p99_ms']:.2f} ms, {row['cpu_ms_per_request']:.3f} CPU ms/request, "
+        f"{row['errors']} errors")  # fmt: skip
     return row
 
 
@@ -413,10 +448,11 @@ def run(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([display_path(sys.executable), *sys.argv]),
         "seconds": seconds,
+        "http_front_end": "aiohttp only" if args.no_lean else "lean KV front end + aiohttp",
         "machine": machine_info(root),
         "load_before": loadavg(),
     }
-    ours = ProconsulCluster(procs, root)
+    ours = ProconsulCluster(procs, root, no_lean=args.no_lean)
     etcd = None if args.skip_etcd else EtcdCluster(procs, root)
     log(f"starting 3 Proconsul servers in {root}")
     ours.start()
@@ -439,17 +475,23 @@ def run(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any
             for op in ("write", "read"):
                 log(f"warm-up: {op} wrk -c64 on {system} for {max(1, round(warmup))} s")
                 run_wrk(procs, f"wrk-warmup-{system}-{op}", url, scripts[(system, op)], 64, warmup)
+    pids = {"ours": [s.proc.pid for s in ours.servers if s.proc is not None]}
+    if etcd is not None:
+        pids["etcd"] = [proc.pid for proc in etcd.members.values()]
     rows = []
     for op in ("write", "read"):
         for conns in CONCURRENCIES:
             for system, url in systems:
-                rows.append(measure(procs, system, op, url, scripts[(system, op)], conns, seconds))
+                script = scripts[(system, op)]
+                rows.append(measure(procs, system, op, url, script, conns, seconds, pids[system]))
                 if system == "ours":
                     ours.check_leader()
     if not args.skip_follower:
         follower = ours.follower()
         script = scripts[("ours", "write")]
-        row = measure(procs, "ours via follower", "write", follower.url, script, 64, seconds)
+        row = measure(
+            procs, "ours via follower", "write", follower.url, script, 64, seconds, pids["ours"]
+        )
         rows.append(row)
         ours.check_leader()
     result["rows"] = rows
@@ -474,11 +516,13 @@ def run(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any
         out_dir.mkdir(parents=True, exist_ok=True)
         assert leader.proc is not None
         profiles = []
-        for op in ("write", "read"):
-            log(f"profiling our leader during {op} at 64 connections ({max(1, round(seconds))} s)")
+        pid = leader.proc.pid
+        for op, conns in (("write", 64), ("read", 64), ("write", 1)):
+            log(f"profiling our leader during {op}s at c={conns} ({max(1, round(seconds))} s)")
             script = scripts[("ours", op)]
-            pid = leader.proc.pid
-            profiles.append(profiled_run(procs, out_dir, op, pid, leader.url, script, seconds))
+            profiles.append(
+                profiled_run(procs, out_dir, op, conns, pid, leader.url, script, seconds)
+            )
         result["profiles"] = profiles
         result["profile_dir"] = str(out_dir)
     result["load_after"] = loadavg()
@@ -492,17 +536,19 @@ def render(result: dict[str, Any]) -> str:
         f"machine: {m['nproc']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, "
         f"tmp on {m['tmp_dir_fs']}, Python {m['python']}, {m['etcd']}, {m['wrk']}",
         f"load average before: {result['load_before']}   after: {result['load_after']}",
+        f"our HTTP front end: {result['http_front_end']}",
         "",
         "KV over HTTP (wrk; ours: PUT/GET /v1/kv/<key> on the leader, default consistency;",
         "etcd: POST /v3/kv/put and linearizable /v3/kv/range on the leader; 1024 keys,",
         f"100-byte values, {result['seconds']:g} s each):",
         f"  {'op':<6} {'system':<18} {'conns':>5} {'requests/s':>11} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'errors':>6}",
+        f"{'p99 ms':>8} {'CPU ms/req':>10} {'errors':>6}",
     ]
     for r in result["rows"]:
         lines.append(
             f"  {r['op']:<6} {r['system']:<18} {r['connections']:>5} {r['per_second']:>11.0f} "
-            f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6}"
+            f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['cpu_ms_per_request']:>10.3f} "
+            f"{r['errors']:>6}"
         )
     lines.append("")
     if result["ratios"]:
@@ -538,6 +584,11 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="length of each warm-up run")
     p.add_argument("--skip-etcd", action="store_true", help="measure only our cluster")
     p.add_argument("--skip-follower", action="store_true", help="no write-via-follower row")
+    p.add_argument(
+        "--no-lean",
+        action="store_true",
+        help="serve every request through aiohttp (PROCONSUL_LEAN_HTTP=0), for comparison",
+    )
     p.add_argument("--profile", metavar="DIR", help="py-spy our leader; stacks and summary here")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--no-install", action="store_true", help="never apt-get install tools")
