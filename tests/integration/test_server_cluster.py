@@ -19,20 +19,16 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from helpers.cluster import ServerProc, make_servers, wait_for_leader
 
 from raft.sim.lincheck import Operation, OpKind, check_history
 
@@ -46,105 +42,10 @@ RESUME_BOUND = 3.0  # seconds from the kill to the first acknowledged write afte
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=4)
 
 
-def free_ports(n: int) -> list[int]:
-    sockets: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        while len(ports) < n:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            # The serf port is also bound for UDP: make sure that one is free too.
-            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                u.bind(("127.0.0.1", s.getsockname()[1]))
-            except OSError:
-                s.close()
-                u.close()
-                continue
-            sockets.append(s)
-            sockets.append(u)
-            ports.append(s.getsockname()[1])
-        return ports
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def proconsul() -> list[str]:
-    exe = Path(sys.executable).with_name("proconsul")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "server.cli"]
-
-
-@dataclass
-class ServerProc:
-    name: str
-    http: int
-    rpc: int
-    serf: int
-    data_dir: Path
-    log: Path
-    args: list[str]
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.http}"
-
-    @property
-    def rpc_address(self) -> str:
-        return f"127.0.0.1:{self.rpc}"
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def terminate(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[list[ServerProc]]:
-    ports = free_ports(9)
-    config = tmp_path / "dev-timing.json"
-    config.write_text(json.dumps({"performance": {"raft_multiplier": 1}}))
-    servers = []
-    for i in range(3):
-        http, rpc, serf = ports[3 * i : 3 * i + 3]
-        name = f"s{i + 1}"
-        data_dir = tmp_path / name
-        servers.append(
-            ServerProc(name, http, rpc, serf, data_dir, tmp_path / f"{name}.log", args=[])
-        )
+    servers = make_servers(tmp_path, 3)
     for s in servers:
-        joins = [f"-retry-join=127.0.0.1:{o.serf}" for o in servers if o is not s]
-        s.args = [
-            *proconsul(),
-            "agent",
-            "-server",
-            "-bootstrap-expect=3",
-            f"-node={s.name}",
-            f"-data-dir={s.data_dir}",
-            "-bind=127.0.0.1",
-            "-client=127.0.0.1",
-            f"-http-port={s.http}",
-            f"-server-port={s.rpc}",
-            f"-serf-lan-port={s.serf}",
-            "-serf-wan-port=0",
-            "-dns-port=-1",
-            f"-config-file={config}",
-            *joins,
-        ]
         s.start()
     try:
         yield servers
@@ -153,32 +54,6 @@ def cluster(tmp_path: Path) -> Iterator[list[ServerProc]]:
             s.terminate()
         for s in servers:
             s.kill()
-
-
-async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
-    async with session.get(url, timeout=REQUEST_TIMEOUT) as resp:
-        if resp.status != 200:
-            return None
-        return await resp.json()
-
-
-async def wait_for_leader(
-    session: aiohttp.ClientSession, servers: list[ServerProc], timeout: float
-) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seen = set()
-        for s in servers:
-            try:
-                seen.add(await get_json(session, s.base + "/v1/status/leader"))
-            except (aiohttp.ClientError, TimeoutError):
-                seen.add(None)
-        if len(seen) == 1:
-            (leader,) = seen
-            if leader:
-                return str(leader)
-        await asyncio.sleep(0.2)
-    raise AssertionError("the servers did not agree on a leader")
 
 
 class Recorder:
