@@ -248,7 +248,7 @@ class CAManager:
 
     async def leadership_changed(self, is_leader: bool) -> None:
         if is_leader and (self._task is None or self._task.done()):
-            self._task = asyncio.create_task(self._initialize_quietly())
+            self._task = asyncio.create_task(self._initialize_quietly(), name="ca-init")
 
     async def _initialize_quietly(self) -> None:
         try:
