@@ -30,16 +30,24 @@ alternate (ours, etcd) so both see similar background load:
   which forwards each one to the leader over gRPC (``ForwardHTTP``), as Consul's servers
   forward writes over RPC; shows the forwarding cost.
 
-Each row gives requests/s (2xx only), p50/p99 from wrk's latency histogram and errors; the
-ratios printed are ours/etcd throughput and p99 latency for each operation and concurrency,
-checked against the targets (writes at c=64 >= 1.2x with p99 <= etcd's; writes at c=1 >= 1.0x;
-reads at c=64 >= 1.2x).
+Each row gives requests/s (2xx only), p50/p99 from wrk's latency histogram, errors, and the CPU
+time (user + system, from ``/proc/<pid>/stat``) that the system's three server processes used
+per request during the run, in total and for the leader alone. The ratios printed are ours/etcd
+throughput and p99 latency for each operation and concurrency, checked against the targets
+(writes at c=64 >= 1.2x with p99 <= etcd's; writes at c=1 >= 1.0x; reads at c=64 >= 1.2x).
+
+Our servers answer plain KV GETs and PUTs on the leader with the lean front end
+(``server/http/lean.py``) and everything else with aiohttp; ``--no-lean`` starts them with
+``PROCONSUL_LEAN_HTTP=0`` (aiohttp only) to measure what the front end changes.
 
 ``--profile DIR`` also runs ``py-spy record`` (``pip install py-spy`` into the venv; not a
-dependency) on our leader during the 64-connection write and read runs, writes the collapsed
-stacks and a summary (where the leader's CPU goes, by function and by layer) into DIR, and
-prints the summary. Sampling slows the leader a little; the profiled runs are extra runs, not
-the measured ones.
+dependency) on our leader during extra runs (writes at 64 and 1 connections, reads at 64; not
+the measured ones: sampling slows the leader a little), writes the collapsed stacks and a
+summary into DIR and prints the summary: samples by layer (the innermost frame that belongs to
+a known layer: SQLite/aiosqlite, gRPC, the Raft core and driver, the state store, the endpoints,
+the lean front end, aiohttp, the asyncio loop) and the top functions by self and inclusive time.
+py-spy counts a thread blocked in ``fsync`` as busy, so the aiosqlite thread's share is mostly
+waiting for the disk, not CPU.
 
 Caveats: wrk, six servers and the benchmark share the machine's cores (2 on the CI boxes), so
 only the ratio is meaningful; the load average is printed before and after. Every process the
@@ -315,6 +323,7 @@ LAYERS = (  # first match wins, tested against "file:function" of each frame, in
     ("raft core + driver", ("raft/",)),
     ("state store + fsm", ("server/state", "server/fsm")),
     ("KV endpoint + context", ("server/endpoints",)),
+    ("lean HTTP front end (server/http)", ("server/http/",)),
     ("HTTP framework (aiohttp, multidict, yarl)", ("aiohttp", "multidict", "yarl")),
     ("JSON (orjson/json)", ("orjson", "json/")),
     ("gossip", ("gossip/",)),
@@ -406,14 +415,15 @@ def profiled_run(
 # --- the benchmark ---------------------------------------------------------------------------
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time used so far by these processes (all their threads)."""
-    total = 0
+def cpu_seconds(pids: list[int]) -> list[float]:
+    """User + system CPU time used so far by each of these processes (all their threads)."""
+    times = []
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return total / os.sysconf("SC_CLK_TCK")
+        # utime and stime (fields 14 and 15 of proc(5)), in clock ticks
+        times.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return times
 
 
 def measure(
@@ -432,12 +442,16 @@ def measure(
     name = f"wrk-{system.replace(' ', '-')}-{op}-c{conns}"
     cpu_before = cpu_seconds(pids)
     row = run_wrk(procs, name, url, script, conns, seconds)
-    cpu = cpu_seconds(pids) - cpu_before
-    # CPU of the system's three server processes per successful request (wrk's own excluded).
-    row["cpu_ms_per_request"] = 1000 * cpu / row["ok"] if row["ok"] else 0.0
+    cpu = [after - before for before, after in zip(cpu_before, cpu_seconds(pids), strict=True)]
+    # CPU of the system's three server processes per successful request (wrk's own excluded);
+    # the leader (the process the requests were sent to, first in pids) and the others.
+    per = [1000 * c / row["ok"] if row["ok"] else 0.0 for c in cpu]
+    row["cpu_ms_per_request"] = sum(per)
+    row["cpu_ms_per_request_by_process"] = [round(x, 3) for x in per]
     row.update(system=system, op=op, load=loadavg())
     log(f"  {row['per_second']:.0f} req/s, p50 {row['p50_ms']:.2f} ms, "
-        f"p99 {row['p99_ms']:.2f} ms, {row['cpu_ms_per_request']:.3f} CPU ms/request, "
+        f"p99 {row['p99_ms']:.2f} ms, {row['cpu_ms_per_request']:.3f} CPU ms/request "
+        f"{row['cpu_ms_per_request_by_process']}, "
         f"{row['errors']} errors")  # fmt: skip
     return row
 
@@ -475,9 +489,14 @@ def run(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any
             for op in ("write", "read"):
                 log(f"warm-up: {op} wrk -c64 on {system} for {max(1, round(warmup))} s")
                 run_wrk(procs, f"wrk-warmup-{system}-{op}", url, scripts[(system, op)], 64, warmup)
-    pids = {"ours": [s.proc.pid for s in ours.servers if s.proc is not None]}
+
+    # The leader first: the process the requests go to.
+    pids = {
+        "ours": [s.proc.pid for s in sorted(ours.servers, key=lambda s: s is not leader) if s.proc]
+    }
     if etcd is not None:
-        pids["etcd"] = [proc.pid for proc in etcd.members.values()]
+        names = sorted(etcd.members, key=lambda n: etcd.client_urls[n] != etcd.leader_url)
+        pids["etcd"] = [etcd.members[name].pid for name in names]
     rows = []
     for op in ("write", "read"):
         for conns in CONCURRENCIES:
@@ -542,13 +561,13 @@ def render(result: dict[str, Any]) -> str:
         "etcd: POST /v3/kv/put and linearizable /v3/kv/range on the leader; 1024 keys,",
         f"100-byte values, {result['seconds']:g} s each):",
         f"  {'op':<6} {'system':<18} {'conns':>5} {'requests/s':>11} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'CPU ms/req':>10} {'errors':>6}",
+        f"{'p99 ms':>8} {'CPU ms/req: all (leader)':>24} {'errors':>6}",
     ]
     for r in result["rows"]:
         lines.append(
             f"  {r['op']:<6} {r['system']:<18} {r['connections']:>5} {r['per_second']:>11.0f} "
-            f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['cpu_ms_per_request']:>10.3f} "
-            f"{r['errors']:>6}"
+            f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['cpu_ms_per_request']:>15.3f} "
+            f"({r['cpu_ms_per_request_by_process'][0]:.3f}) {r['errors']:>6}"
         )
     lines.append("")
     if result["ratios"]:
