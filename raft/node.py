@@ -332,6 +332,18 @@ class RaftNode:
         self._submit(submit, fut)
         return await fut
 
+    async def campaign(self) -> None:
+        """Start an election now instead of after an election timeout (a lone bootstrapped
+        server, as Consul's dev mode, has nobody to wait for)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def submit(core: RaftCore) -> None:
+            core.campaign()
+            fut.set_result(None)
+
+        self._submit(submit, fut)
+        await fut
+
     async def wait_applied(self, index: int) -> None:
         if self.applied_index >= index:
             return

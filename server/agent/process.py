@@ -212,6 +212,9 @@ class Agent:
         self.ctx.serf_lan = self.serf
         if has_state or not cfg.bootstrap_expect:
             await self._start_raft()
+            membership = self.raft.membership
+            if membership.voters == {self.node_id}:
+                await self.raft.campaign()  # a lone server: no election timeout to wait out
         else:
             self._spawn(self._bootstrap_expect(), "bootstrap-expect")
         joins = list(cfg.start_join) + list(cfg.retry_join)
