@@ -46,8 +46,8 @@ the measured ones: sampling slows the leader a little), writes the collapsed sta
 summary into DIR and prints the summary: samples by layer (the innermost frame that belongs to
 a known layer: SQLite/aiosqlite, gRPC, the Raft core and driver, the state store, the endpoints,
 the lean front end, aiohttp, the asyncio loop) and the top functions by self and inclusive time.
-py-spy counts a thread blocked in ``fsync`` as busy, so the aiosqlite thread's share is mostly
-waiting for the disk, not CPU.
+py-spy may count a thread blocked in ``fsync`` as busy, so the aiosqlite thread's share is not
+all CPU; the CPU column of the table is.
 
 Caveats: wrk, six servers and the benchmark share the machine's cores (2 on the CI boxes), so
 only the ratio is meaningful; the load average is printed before and after. Every process the

@@ -193,7 +193,9 @@ class _LeanProtocol(asyncio.Protocol):
             self._transport.pause_reading()
             self._paused = True
         if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._work(), name="lean-http-conn")
+            self._worker = asyncio.get_running_loop().create_task(
+                self._work(), name="lean-http-conn"
+            )
 
     # --- the hot path ------------------------------------------------------------------
 
