@@ -13,8 +13,12 @@ headers):
 * ``PUT /v1/kv/<key>`` (set; ``ctx.apply_raw(encode_kvs("set", ...))``),
 
 with no query string, a non-empty key of plain characters (no ``%``, no ``.`` segments, no
-``#``), ``Content-Length`` framing (no chunked body, no ``Expect``), a body within Consul's
-``kv_max_value_size``, keep-alive, ACLs off, and only while this server is the Raft leader.
+``#``), HTTP/1.1, a request head within aiohttp's 8190-byte line limit, ``Content-Length``
+framing (no chunked body, no ``Expect``), a body within Consul's ``kv_max_value_size``, ACLs
+off, and only while this server is the Raft leader. ``Connection: close`` is honoured. The
+answers differ from aiohttp's only in headers no client reads: no ``Server`` header, and
+``Content-Type: application/json`` without aiohttp's ``; charset=utf-8`` on a PUT's
+``true``/``false`` (Consul sends it without, too).
 
 Everything else — any other path or method, any query parameter (``?recurse``, ``?index``,
 ``?cas``, ``?stale``...), a follower, a malformed request, an upgrade — hands the connection
@@ -22,6 +26,9 @@ over to aiohttp for good: the bytes of the request (and whatever followed it) ar
 a fresh aiohttp ``RequestHandler`` on the same transport, once every hot-path answer before it
 has been written, so pipelined answers stay in order. A connection therefore costs aiohttp
 nothing while it only does hot-path KV, and behaves exactly as before once it does anything else.
+
+A client that disconnects does not cancel its request (aiohttp does not either): the write
+still goes through Raft and its answer is dropped.
 
 ``LeanSite`` is a drop-in ``aiohttp.web.TCPSite``: ``AppRunner.cleanup()`` stops it; it closes
 its own connections when stopped.
@@ -54,6 +61,7 @@ log = structlog.get_logger("http")
 
 _PREFIX = b"/v1/kv/"
 _MAX_QUEUED = 32  # pipelined requests read ahead of the answers before reading pauses
+_MAX_HEAD = 8190  # a longer request head goes to aiohttp, which applies its own limits
 _BAD_PATH = (b"%", b"?", b"#", b"/./", b"/../")
 #: ``PROCONSUL_LEAN_HTTP=0`` in the agent's environment sends every request through aiohttp
 #: (for comparisons, or as a way out should the hot path ever misbehave).
@@ -136,10 +144,10 @@ class _LeanProtocol(asyncio.Protocol):
         self._site.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # A request in flight runs to its end (its answer is dropped), as aiohttp does not
+        # cancel handlers when a client goes away either.
         self._site.connections.discard(self)
         self._transport = None
-        if self._worker is not None:
-            self._worker.cancel()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -153,6 +161,18 @@ class _LeanProtocol(asyncio.Protocol):
             # Not ours (raised by on_headers_complete), malformed (aiohttp answers its 400,
             # as it always did) or an upgrade: aiohttp takes the connection from here.
             self._start_handover()
+            return
+        if self._current is None and len(self._raw) > _MAX_HEAD:
+            # A long request line or header block: aiohttp applies its limits.
+            self._start_handover()
+
+    def _message_start(self) -> int:
+        """Where the current request starts in ``_raw`` (llhttp skips blank lines)."""
+        raw = self._raw
+        start = 0
+        while start < len(raw) and raw[start] in (10, 13):
+            start += 1
+        return start
 
     # --- httptools callbacks -----------------------------------------------------------
 
@@ -182,7 +202,7 @@ class _LeanProtocol(asyncio.Protocol):
         assert request is not None
         self._current = None
         # Drop this request's bytes: leading blank lines, the header block, the body.
-        start = len(self._raw) - len(self._raw.lstrip(b"\r\n"))
+        start = self._message_start()
         end = self._raw.index(b"\r\n\r\n", start) + 4 + sum(len(b) for b in request.body)
         del self._raw[:end]
         self._queue.append(request)
@@ -214,8 +234,11 @@ class _LeanProtocol(asyncio.Protocol):
             return None
         # The raw bytes must start with this request's header block (they do for any
         # request llhttp accepts with CRLF line ends; anything odd goes to aiohttp).
-        raw = self._raw.lstrip(b"\r\n")
-        if not raw.startswith(method + b" ") or b"\r\n\r\n" not in raw:
+        start = self._message_start()
+        head_end = self._raw.find(b"\r\n\r\n", start)
+        if not self._raw.startswith(method + b" ", start) or head_end < 0:
+            return None
+        if head_end - start > _MAX_HEAD:
             return None
         token = ""
         length = 0
@@ -323,6 +346,8 @@ class _LeanProtocol(asyncio.Protocol):
             handler.data_received(raw)
 
     def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
         if self._transport is not None:
             self._transport.close()
 

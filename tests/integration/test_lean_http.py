@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import socket
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -193,3 +194,25 @@ def test_http_1_0_goes_to_aiohttp(agent: Client) -> None:
         s.sendall(b"PUT /v1/kv/lean/old HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi")
         a = Reader(s).read()
         assert a.status == 200 and a.body == b"true"
+
+
+def test_oversized_header_block_goes_to_aiohttp(conn: socket.socket) -> None:
+    r = Reader(conn)
+    conn.sendall(
+        b"GET /v1/kv/lean/big HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
+    )
+    assert r.read().status == 400  # aiohttp's header limit, as before the lean front end
+
+
+def test_client_gone_mid_write_still_applies(agent: Client) -> None:
+    port = urlsplit(agent.base).port
+    assert port is not None
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(put("lean/gone", b"kept"))
+    for _ in range(50):
+        got = agent.get("/v1/kv/lean/gone?raw")
+        if got.status == 200:
+            assert got.body == b"kept"
+            return
+        time.sleep(0.1)
+    raise AssertionError("the write of a client that went away was not applied")
