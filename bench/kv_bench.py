@@ -42,7 +42,8 @@ Our servers answer plain KV GETs and PUTs on the leader with the lean front end
 
 ``--profile DIR`` also runs ``py-spy record`` (``pip install py-spy`` into the venv; not a
 dependency) on our leader during extra runs (writes at 64 and 1 connections, reads at 64; not
-the measured ones: sampling slows the leader a little), writes the collapsed stacks and a
+the measured ones: sampling slows the leader a little), and on a follower too during writes at
+1 connection (where a write is a chain through both), writes the collapsed stacks and a
 summary into DIR and prints the summary: samples by layer (the innermost frame that belongs to
 a known layer: SQLite/aiosqlite, gRPC, the Raft core and driver, the state store, the endpoints,
 the lean front end, aiohttp, the asyncio loop) and the top functions by self and inclusive time.
@@ -386,30 +387,38 @@ def profiled_run(
     out_dir: Path,
     op: str,
     conns: int,
-    pid: int,
+    targets: list[tuple[str, int]],
     url: str,
     script: Path,
     seconds: float,
-) -> str:
+) -> list[str]:
+    """One wrk run against ``url`` while py-spy samples each (role, pid) of ``targets``."""
     name = f"{op}-c{conns}"
-    raw = out_dir / f"{name}.txt"
-    spy = subprocess.Popen(
-        [py_spy(), "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-         "--duration", str(max(1, round(seconds))), "--nonblocking", "--output", str(raw)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    spies = []
+    for role, pid in targets:
+        raw = out_dir / f"{name}-{role}.txt"
+        spy = subprocess.Popen(
+            [py_spy(), "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+             "--duration", str(max(1, round(seconds))), "--nonblocking", "--output", str(raw)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        spies.append((role, pid, raw, spy))
     try:
         row = run_wrk(procs, f"wrk-profile-{name}", url, script, conns, seconds)
-        spy.wait(timeout=seconds + 30)
+        for _, _, _, spy in spies:
+            spy.wait(timeout=seconds + 30)
     finally:
-        Processes.stop(spy)
-    summary = profile_summary(raw)
-    text = (
-        f"profile of our leader (pid {pid}) during {op}s at {conns} connection(s) "
-        f"({row['per_second']:.0f} req/s while sampled):\n{summary}"
-    )
-    (out_dir / f"{name}-summary.txt").write_text(text + "\n")
-    return text
+        for _, _, _, spy in spies:
+            Processes.stop(spy)
+    texts = []
+    for role, pid, raw, _ in spies:
+        text = (
+            f"profile of our {role} (pid {pid}) during {op}s at {conns} connection(s) "
+            f"({row['per_second']:.0f} req/s while sampled):\n{profile_summary(raw)}"
+        )
+        (out_dir / f"{name}-{role}-summary.txt").write_text(text + "\n")
+        texts.append(text)
+    return texts
 
 
 # --- the benchmark ---------------------------------------------------------------------------
@@ -535,12 +544,17 @@ def run(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any
         out_dir.mkdir(parents=True, exist_ok=True)
         assert leader.proc is not None
         profiles = []
-        pid = leader.proc.pid
-        for op, conns in (("write", 64), ("read", 64), ("write", 1)):
-            log(f"profiling our leader during {op}s at c={conns} ({max(1, round(seconds))} s)")
+        follower = ours.follower()
+        assert follower.proc is not None
+        leader_only = [("leader", leader.proc.pid)]
+        # At one connection a write is a chain through the leader and a follower: both.
+        both = [*leader_only, ("follower", follower.proc.pid)]
+        for op, conns, targets in (("write", 64, leader_only), ("read", 64, leader_only),
+                                   ("write", 1, both)):  # fmt: skip
+            log(f"profiling our {'/'.join(r for r, _ in targets)} during {op}s at c={conns}")
             script = scripts[("ours", op)]
-            profiles.append(
-                profiled_run(procs, out_dir, op, conns, pid, leader.url, script, seconds)
+            profiles += profiled_run(
+                procs, out_dir, op, conns, targets, leader.url, script, seconds
             )
         result["profiles"] = profiles
         result["profile_dir"] = str(out_dir)
