@@ -50,6 +50,7 @@ from raft.transport.grpc import GrpcTransport
 from server.agent.leader import LeaderDuties
 from server.agent.serf_lan import ServerInfo, build_tags, start_lan_serf
 from server.config.runtime import RuntimeConfig
+from server.dns.server import DnsServer
 from server.endpoints import build_app
 from server.endpoints.context import ServerContext
 from server.endpoints.http import HTTPError
@@ -188,6 +189,7 @@ class Agent:
         self.ctx.agent = self
         self.ctx.leader_rpc = self.leader_client
         self.ctx.add_service(LeaderDuties(self.ctx))
+        self.ctx.add_service(DnsServer(self.ctx))
         self.serf: GossipNode[Serf] | None = None
         self._raft_started = False
         self._leaving = False
