@@ -413,6 +413,22 @@ class RaftNode:
                 next_at = now  # the loop was stalled: do not fire a burst of ticks
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except FatalApplyError:
+            raise
+        except Exception as exc:
+            # A bug, not a fault to ride out: stop serving rather than go on half-alive (a
+            # leader whose loop died keeps its lease in its peers' eyes and blocks elections).
+            log.critical("raft_loop_crashed", node=self.id, error=repr(exc), exc_info=True)
+            self.fatal_error = FatalApplyError(f"raft loop crashed: {exc!r}")
+            self._stopping = True
+            self._fail_all(NodeStopped(f"stopped: raft loop crashed: {exc!r}"))
+            raise
+
+    async def _loop(self) -> None:
         core = self.core
         assert core is not None
         while True:
@@ -458,7 +474,10 @@ class RaftNode:
             if fut is not None:
                 self._reads_confirmed.append((rs.index, fut))
         for ev in rd.events:
-            log.info(ev.name, node=self.id, **dict(ev.details))
+            details = dict(ev.details)
+            if "node" in details:  # never collide with our own ``node=``
+                details["subject"] = details.pop("node")
+            log.info(ev.name, node=self.id, **details)
         self._note_role(rd)
         core.advance(rd)
         self._release_waiters(core.log.applied)

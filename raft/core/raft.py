@@ -828,7 +828,7 @@ class RaftCore:
             and self.lead_transferee is None
             and self._committed_in_term()
         ):
-            self._event("promoting", node=node)
+            self._event("promoting", server=node)
             self._change_membership(
                 self.membership.with_server(Server(node, server.address, Suffrage.VOTER))
             )

@@ -132,5 +132,5 @@ def test_join_leave_and_dead_server_cleanup(servers: list[ServerProc]) -> None:
 
         for s in servers:
             if s.log.exists():
-                sys.stderr.write(f"--- {s.name} log ---\n{s.log.read_text()[-5000:]}\n")
+                sys.stderr.write(f"--- {s.name} log ---\n{s.log.read_text()[-30000:]}\n")
         raise
