@@ -219,6 +219,12 @@ class DnsResolver:
 
     async def handle_wire(self, data: bytes, transport: str) -> bytes | None:
         """The reply to one query (``transport`` is "udp" or "tcp"), None to drop it."""
+        if len(data) >= 12 and not data[2] & 0x80 and (data[2] >> 3) & 0x0F:
+            # Another opcode than QUERY (UPDATE, NOTIFY...): NOTIMP from the header alone,
+            # as their sections need not parse as a query's.
+            self.stats["answered"] += 1
+            flags = 0x8000 | (data[2] & 0x78) << 8 | dns.rcode.NOTIMP
+            return data[:2] + flags.to_bytes(2, "big") + bytes(8)
         try:
             query = dns.message.from_wire(data)
         except Exception:
