@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16proto/server_rpc.proto\x12\rproconsul.rpc\"\x1f\n\x0c\x41pplyRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\x0c\"I\n\rApplyResponse\x12\x13\n\x0bresult_json\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x14\n\x0c\x65rror_status\x18\x03 \x01(\x05\"\x12\n\x10ReadIndexRequest\"1\n\x11ReadIndexResponse\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"d\n\x0bHttpRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0f\n\x07path_qs\x18\x02 \x01(\t\x12&\n\x07headers\x18\x03 \x03(\x0b\x32\x15.proconsul.rpc.Header\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\"T\n\x0cHttpResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12&\n\x07headers\x18\x02 \x03(\x0b\x32\x15.proconsul.rpc.Header\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x32\xe7\x01\n\tServerRPC\x12\x42\n\x05\x41pply\x12\x1b.proconsul.rpc.ApplyRequest\x1a\x1c.proconsul.rpc.ApplyResponse\x12N\n\tReadIndex\x12\x1f.proconsul.rpc.ReadIndexRequest\x1a .proconsul.rpc.ReadIndexResponse\x12\x46\n\x0b\x46orwardHTTP\x12\x1a.proconsul.rpc.HttpRequest\x1a\x1b.proconsul.rpc.HttpResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16proto/server_rpc.proto\x12\rproconsul.rpc\".\n\x0c\x41pplyRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\x0c\x12\r\n\x05relay\x18\x02 \x01(\x08\"I\n\rApplyResponse\x12\x13\n\x0bresult_json\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x14\n\x0c\x65rror_status\x18\x03 \x01(\x05\"\x12\n\x10ReadIndexRequest\"1\n\x11ReadIndexResponse\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"s\n\x0bHttpRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0f\n\x07path_qs\x18\x02 \x01(\t\x12&\n\x07headers\x18\x03 \x03(\x0b\x32\x15.proconsul.rpc.Header\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\x12\r\n\x05relay\x18\x05 \x01(\x08\"T\n\x0cHttpResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12&\n\x07headers\x18\x02 \x03(\x0b\x32\x15.proconsul.rpc.Header\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x32\xe7\x01\n\tServerRPC\x12\x42\n\x05\x41pply\x12\x1b.proconsul.rpc.ApplyRequest\x1a\x1c.proconsul.rpc.ApplyResponse\x12N\n\tReadIndex\x12\x1f.proconsul.rpc.ReadIndexRequest\x1a .proconsul.rpc.ReadIndexResponse\x12\x46\n\x0b\x46orwardHTTP\x12\x1a.proconsul.rpc.HttpRequest\x1a\x1b.proconsul.rpc.HttpResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,19 +32,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.server_rpc_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_APPLYREQUEST']._serialized_start=41
-  _globals['_APPLYREQUEST']._serialized_end=72
-  _globals['_APPLYRESPONSE']._serialized_start=74
-  _globals['_APPLYRESPONSE']._serialized_end=147
-  _globals['_READINDEXREQUEST']._serialized_start=149
-  _globals['_READINDEXREQUEST']._serialized_end=167
-  _globals['_READINDEXRESPONSE']._serialized_start=169
-  _globals['_READINDEXRESPONSE']._serialized_end=218
-  _globals['_HEADER']._serialized_start=220
-  _globals['_HEADER']._serialized_end=257
-  _globals['_HTTPREQUEST']._serialized_start=259
-  _globals['_HTTPREQUEST']._serialized_end=359
-  _globals['_HTTPRESPONSE']._serialized_start=361
-  _globals['_HTTPRESPONSE']._serialized_end=445
-  _globals['_SERVERRPC']._serialized_start=448
-  _globals['_SERVERRPC']._serialized_end=679
+  _globals['_APPLYREQUEST']._serialized_end=87
+  _globals['_APPLYRESPONSE']._serialized_start=89
+  _globals['_APPLYRESPONSE']._serialized_end=162
+  _globals['_READINDEXREQUEST']._serialized_start=164
+  _globals['_READINDEXREQUEST']._serialized_end=182
+  _globals['_READINDEXRESPONSE']._serialized_start=184
+  _globals['_READINDEXRESPONSE']._serialized_end=233
+  _globals['_HEADER']._serialized_start=235
+  _globals['_HEADER']._serialized_end=272
+  _globals['_HTTPREQUEST']._serialized_start=274
+  _globals['_HTTPREQUEST']._serialized_end=389
+  _globals['_HTTPRESPONSE']._serialized_start=391
+  _globals['_HTTPRESPONSE']._serialized_end=475
+  _globals['_SERVERRPC']._serialized_start=478
+  _globals['_SERVERRPC']._serialized_end=709
 # @@protoc_insertion_point(module_scope)

@@ -7,10 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("command",)
+    __slots__ = ("command", "relay")
     COMMAND_FIELD_NUMBER: _ClassVar[int]
+    RELAY_FIELD_NUMBER: _ClassVar[int]
     command: bytes
-    def __init__(self, command: _Optional[bytes] = ...) -> None: ...
+    relay: bool
+    def __init__(self, command: _Optional[bytes] = ..., relay: _Optional[bool] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("result_json", "error", "error_status")
@@ -43,16 +45,18 @@ class Header(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
 
 class HttpRequest(_message.Message):
-    __slots__ = ("method", "path_qs", "headers", "body")
+    __slots__ = ("method", "path_qs", "headers", "body", "relay")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PATH_QS_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
+    RELAY_FIELD_NUMBER: _ClassVar[int]
     method: str
     path_qs: str
     headers: _containers.RepeatedCompositeFieldContainer[Header]
     body: bytes
-    def __init__(self, method: _Optional[str] = ..., path_qs: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[bytes] = ...) -> None: ...
+    relay: bool
+    def __init__(self, method: _Optional[str] = ..., path_qs: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[bytes] = ..., relay: _Optional[bool] = ...) -> None: ...
 
 class HttpResponse(_message.Message):
     __slots__ = ("status", "headers", "body")

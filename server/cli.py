@@ -80,13 +80,6 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"proconsul agent: {exc}", file=sys.stderr)
         return 1
-    if not config.server:
-        print(
-            "proconsul agent: client agents (server = false) are not available in this "
-            "version; run with -server or -dev",
-            file=sys.stderr,
-        )
-        return 1
     try:
         configure(config.log_level, config.log_json)
     except ValueError as exc:

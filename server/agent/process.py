@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import random
 import signal
 import socket
 import uuid
@@ -38,7 +39,7 @@ from aiohttp import web
 
 from gossip.demo import parse_address
 from gossip.node import GossipNode, MemberInfo
-from gossip.serf import MemberEvent, Serf
+from gossip.serf import MemberEvent, MemberEventKind, Serf
 from raft.core.types import Membership, Server
 from raft.node import RaftNode
 from raft.storage.base import RaftStorage, SnapshotStore
@@ -49,6 +50,7 @@ from raft.timing import Timing
 from raft.transport.grpc import GrpcTransport
 from server.agent.leader import LeaderDuties
 from server.agent.serf_lan import ServerInfo, build_tags, start_lan_serf
+from server.agent.servers import ServerPool
 from server.config.runtime import RuntimeConfig
 from server.dns.server import DnsServer
 from server.endpoints import build_app
@@ -144,17 +146,41 @@ class Agent:
             config = _dev_ports(config)
         self.config = config
         self.node_id = _node_id(config)
-        self.fsm = ConsulFSM()
         self.shutdown_requested = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._leadership_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.is_server = config.server
+        self._sqlite: SqliteStorage | None = None
+        self._raft_node: RaftNode | None = None
+        self.leader_client = LeaderClient()
+        self.server_pool: ServerPool | None = None
+        if self.is_server:
+            self._init_server(config)
+        else:
+            # A client agent: no Raft, no state store; RPC goes to a server from serf.
+            self.ctx = ServerContext(config, None, None)
+            self.server_pool = ServerPool(config.datacenter)
+            self.ctx.server_pool = self.server_pool
+        self.ctx.agent = self
+        self.ctx.leader_rpc = self.leader_client
+        if self.is_server:
+            self.ctx.add_service(LeaderDuties(self.ctx))
+        self.ctx.add_service(DnsServer(self.ctx))
+        self.serf: GossipNode[Serf] | None = None
+        self._raft_started = False
+        self._leaving = False
+        #: The process exit code: 1 after a fatal error (an unknown Raft command).
+        self.exit_code = 0
+
+    def _init_server(self, config: RuntimeConfig) -> None:
+        """Raft, its storage and the server RPC service (servers only)."""
+        self.fsm = ConsulFSM()
         self._storage: RaftStorage
         self._snapshots: SnapshotStore
         if config.dev or not config.data_dir:
             self._storage = MemoryStorage()
             self._snapshots = MemorySnapshotStore()
-            self._sqlite: SqliteStorage | None = None
         else:
             raft_dir = Path(config.data_dir) / "raft"
             raft_dir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +197,7 @@ class Agent:
             if ":" in host
             else f"http://{host}:{config.http_port}"
         )
-        self.raft = RaftNode(
+        self._raft_node = RaftNode(
             self.node_id,
             fsm=self.fsm,
             storage=self._storage,
@@ -183,23 +209,22 @@ class Agent:
             ),
             timing=Timing(raft_multiplier=config.raft_multiplier, lease_reads=True),
         )
-        self.rpc_service = ServerRPCService(self.raft, http_base)
-        self.leader_client = LeaderClient()
         self.ctx = ServerContext(config, self.fsm, self.raft)
-        self.ctx.agent = self
-        self.ctx.leader_rpc = self.leader_client
-        self.ctx.add_service(LeaderDuties(self.ctx))
-        self.ctx.add_service(DnsServer(self.ctx))
-        self.serf: GossipNode[Serf] | None = None
-        self._raft_started = False
-        self._leaving = False
-        #: The process exit code: 1 after a fatal error (an unknown Raft command).
-        self.exit_code = 0
+        self.rpc_service = ServerRPCService(self.raft, http_base, self.ctx.apply_raw)
+
+    @property
+    def raft(self) -> RaftNode:
+        """This server's Raft node (servers only)."""
+        assert self._raft_node is not None, "a client agent has no Raft"
+        return self._raft_node
 
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.config
+        if not self.is_server:
+            await self._start_client()
+            return
         if self._sqlite is not None:
             await self._sqlite.open()
         has_state = await self._has_raft_state()
@@ -234,6 +259,41 @@ class Agent:
             server=cfg.server_rpc_address,
             serf_lan=f"{self.serf.local_address[0]}:{self.serf.local_address[1]}",
         )
+
+    async def _start_client(self) -> None:
+        """A client agent: HTTP (relaying to servers), LAN serf, joins, services."""
+        cfg = self.config
+        self._runner = web.AppRunner(build_app(self.ctx), access_log=None, shutdown_timeout=5.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, cfg.http_bind, cfg.http_port).start()
+        self.serf = await start_lan_serf(
+            cfg, build_tags(cfg, self.node_id, has_state=False), self._on_serf_event
+        )
+        self.ctx.serf_lan = self.serf
+        joins = list(cfg.start_join) + list(cfg.retry_join)
+        if joins:
+            self._spawn(self._retry_join(joins), "retry-join")
+        self._spawn(self._rebalance_servers(), "server-rebalance")
+        for service in self.ctx.services:
+            await service.start()
+        log.info(
+            "agent_started",
+            node=cfg.node_name,
+            id=self.node_id,
+            datacenter=cfg.datacenter,
+            mode="client",
+            http=f"{cfg.http_bind}:{cfg.http_port}",
+            serf_lan=f"{self.serf.local_address[0]}:{self.serf.local_address[1]}",
+        )
+
+    async def _rebalance_servers(self) -> None:
+        """Spread client agents over the servers: pick a new preferred server every
+        2-3 minutes (Consul rebalances on a similar, size-scaled period)."""
+        pool = self.server_pool
+        assert pool is not None
+        while True:
+            await asyncio.sleep(120 + random.uniform(0, 60))
+            pool.rebalance()
 
     async def _has_raft_state(self) -> bool:
         state = await self._storage.load()
@@ -346,18 +406,24 @@ class Agent:
 
     def _on_serf_event(self, event: object) -> None:
         if isinstance(event, MemberEvent):
+            alive = event.kind in (MemberEventKind.JOIN, MemberEventKind.UPDATE)
             for member in event.members:
-                self._learn_server(member.name, member.addr, member.tags)
+                self._learn_server(member.name, member.addr, member.tags, alive)
         for listener in list(self.ctx.event_listeners):
             try:
                 listener(event)
             except Exception as exc:
                 log.warning("serf_listener_failed", error=repr(exc))
 
-    def _learn_server(self, name: str, addr: tuple[str, int], tags: Any) -> None:
-        """Tell Raft how to reach a server of this datacenter seen through serf."""
+    def _learn_server(self, name: str, addr: tuple[str, int], tags: Any, alive: bool) -> None:
+        """A server of this datacenter seen through serf: Raft learns how to reach it (on a
+        server); the server pool adds or drops it (on a client)."""
         info = ServerInfo.from_member(MemberInfo(name, addr, "alive", tags))
-        if info is not None and info.datacenter == self.config.datacenter:
+        if info is None or info.datacenter != self.config.datacenter:
+            return
+        if self.server_pool is not None:
+            self.server_pool.update(info.name, info.rpc_address, info.datacenter, alive)
+        elif alive:
             self.raft.learn_peer(info.node_id, info.rpc_address)
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -370,11 +436,16 @@ class Agent:
         role; leader-only loops tolerate the ~50 ms lag)."""
         was_leader = False
         while True:
-            if self.raft.fatal_error is not None and not self.shutdown_requested.is_set():
-                log.critical("raft_stopped_fatal", error=str(self.raft.fatal_error))
+            raft = self._raft_node
+            if (
+                raft is not None
+                and raft.fatal_error is not None
+                and not self.shutdown_requested.is_set()
+            ):
+                log.critical("raft_stopped_fatal", error=str(raft.fatal_error))
                 self.exit_code = 1
                 self.shutdown_requested.set()
-            is_leader = self._raft_started and self.raft.is_leader
+            is_leader = self._raft_started and raft is not None and raft.is_leader
             if is_leader != was_leader:
                 was_leader = is_leader
                 log.info("leadership_changed", leader=is_leader)
@@ -407,8 +478,9 @@ class Agent:
         if self.serf is not None:
             with contextlib.suppress(Exception):
                 await self.serf.stop()
-        with contextlib.suppress(Exception):
-            await self.rpc_service.close()
+        if self.is_server:
+            with contextlib.suppress(Exception):
+                await self.rpc_service.close()
         with contextlib.suppress(Exception):
             await self.leader_client.close()
         if self._raft_started:

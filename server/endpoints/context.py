@@ -66,7 +66,7 @@ class Service(Protocol):
 class LeaderRPC(Protocol):
     """Server RPC to the leader (``server.rpc``)."""
 
-    async def apply(self, leader_address: str, command: bytes) -> Any: ...
+    async def apply(self, leader_address: str, command: bytes, *, relay: bool = False) -> Any: ...
 
     async def read_index(self, leader_address: str) -> int: ...
 
@@ -96,6 +96,8 @@ class ServerContext:
         self.raft = raft
         #: Server RPC client used by followers to reach the leader (set by the agent).
         self.leader_rpc: LeaderRPC | None = None
+        #: A client agent's servers (``server.agent.servers.ServerPool``); None on servers.
+        self.server_pool: Any = None
         #: The agent's local services and checks (``server.agent.local``), set by the agent.
         self.local: Any = None
         #: The LAN serf (``gossip.node.GossipNode``) and WAN serf, when running.
@@ -154,6 +156,8 @@ class ServerContext:
         return await self.apply_raw(encode_command(kind, body))
 
     async def apply_raw(self, command: bytes) -> Any:
+        if self.raft is None:
+            return await self._apply_via_servers(command)
         raft = self._require_raft()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.rpc_hold_timeout
@@ -167,6 +171,24 @@ class ServerContext:
                 except (NotLeaderError, NotSentError):
                     pass  # never acted on: wait for the (new) leader and retry
             await self._hold(deadline)
+
+    async def _apply_via_servers(self, command: bytes) -> Any:
+        """A client agent: relay the command to one of its servers (which forwards it to the
+        leader), failing over to the next server only while nothing was sent."""
+        pool, rpc = self.server_pool, self.leader_rpc
+        if pool is None or rpc is None:
+            raise HTTPError(500, "No known Consul servers")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.rpc_hold_timeout
+        while True:
+            for address in pool.candidates():
+                try:
+                    return await rpc.apply(address, command, relay=True)
+                except NotSentError:
+                    pool.failed(address)
+            if loop.time() >= deadline or self._closed:
+                raise HTTPError(500, "No known Consul servers")
+            await asyncio.sleep(0.1)
 
     async def _hold(self, deadline: float) -> None:
         """Wait a little for a leader to appear; 500 "No cluster leader" past ``deadline``."""

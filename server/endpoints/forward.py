@@ -62,13 +62,64 @@ def _needs_leader(request: web.Request) -> bool:
     return not (request.method in ("GET", "HEAD") and "stale" in request.query)
 
 
+#: What a client agent sends to a server: everything that needs the catalog or Raft.
+CLIENT_FORWARDED_PREFIXES = (*FORWARDED_PREFIXES, "/v1/status/", "/v1/operator/")
+
+
+def _client_needs_server(request: web.Request) -> bool:
+    if not request.path.startswith(CLIENT_FORWARDED_PREFIXES):
+        return False
+    return not request.path.startswith("/v1/operator/keyring")
+
+
+async def _relay_to_servers(ctx: ServerContext, request: web.Request) -> web.StreamResponse:
+    """A client agent: replay the request on one of its servers (failing over to the next;
+    a write only while nothing was sent)."""
+    pool, rpc = ctx.server_pool, ctx.leader_rpc
+    if pool is None or rpc is None:
+        raise HTTPError(500, "No known Consul servers")
+    body = await request.read()
+    headers = [pb.Header(name=k, value=v) for k, v in request.headers.items()]
+    if ORIGIN_NODE_HEADER not in request.headers:
+        headers.append(pb.Header(name=ORIGIN_NODE_HEADER, value=ctx.config.node_name))
+    message = pb.HttpRequest(
+        method=request.method, path_qs=request.path_qs, headers=headers, body=body, relay=True
+    )
+    read = request.method in ("GET", "HEAD")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ctx.config.rpc_hold_timeout
+    while True:
+        for address in pool.candidates():
+            try:
+                reply = await rpc.forward_http(address, message, MAX_QUERY_WAIT * 1.1 + 30)
+            except NotSentError:
+                pool.failed(address)
+                continue
+            except HTTPError:
+                if not read:
+                    raise
+                pool.failed(address)
+                continue
+            headers_back = {
+                h.name: h.value for h in reply.headers if h.name.lower() not in _SKIP_BACK
+            }
+            return web.Response(status=reply.status, headers=headers_back, body=reply.body)
+        if loop.time() >= deadline or ctx.closed:
+            raise HTTPError(500, "No known Consul servers")
+        await asyncio.sleep(0.1)
+
+
 def forward_middleware(
     ctx: ServerContext,
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def forward(request: web.Request, handler: Handler) -> web.StreamResponse:
         raft = ctx.raft
-        if raft is None or raft.is_leader or ctx.leader_rpc is None or not _needs_leader(request):
+        if raft is None:
+            if ctx.server_pool is not None and _client_needs_server(request):
+                return await _relay_to_servers(ctx, request)
+            return await handler(request)
+        if raft.is_leader or ctx.leader_rpc is None or not _needs_leader(request):
             return await handler(request)
         body = await request.read()
         request[BODY_KEY] = body  # if this server becomes leader meanwhile, it handles it
@@ -77,7 +128,11 @@ def forward_middleware(
             path_qs=request.path_qs,
             headers=[
                 *(pb.Header(name=k, value=v) for k, v in request.headers.items()),
-                pb.Header(name=ORIGIN_NODE_HEADER, value=ctx.config.node_name),
+                *(
+                    ()
+                    if ORIGIN_NODE_HEADER in request.headers
+                    else (pb.Header(name=ORIGIN_NODE_HEADER, value=ctx.config.node_name),)
+                ),
             ],
             body=body,
         )

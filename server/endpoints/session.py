@@ -47,7 +47,7 @@ from server.endpoints.context import ServerContext
 from server.endpoints.forward import ORIGIN_NODE_HEADER
 from server.endpoints.http import HTTPError, fold_keys, json_response, read_json
 from server.leader.session_ttl import SessionTTLTimers
-from server.rpc.service import FORWARDED_HEADER
+from server.rpc.service import FORWARDED_HEADER, RELAYED_HEADER
 from server.state import (
     BEHAVIOR_RELEASE,
     DEFAULT_LOCK_DELAY_NS,
@@ -195,7 +195,8 @@ class SessionEndpoint:
         if request.content_length is None or request.content_length > 0:
             raw = await read_json(request)
         node_name = ctx.config.node_name
-        if FORWARDED_HEADER in request.headers:  # created through a follower: its node
+        if FORWARDED_HEADER in request.headers or RELAYED_HEADER in request.headers:
+            # created through a follower or a client agent: that agent's node
             node_name = request.headers.get(ORIGIN_NODE_HEADER, node_name)
         session = decode_session(raw, node_name)
         try:

@@ -57,10 +57,12 @@ class LeaderClient:
         for channel, _ in channels.values():
             await channel.close(None)
 
-    async def apply(self, leader_address: str, command: bytes) -> Any:
+    async def apply(self, leader_address: str, command: bytes, *, relay: bool = False) -> Any:
+        """``relay``: sent by a client agent to any server, which applies it through its own
+        leader forwarding."""
         try:
             reply: pb.ApplyResponse = await self._stub(leader_address).Apply(
-                pb.ApplyRequest(command=command), timeout=30
+                pb.ApplyRequest(command=command, relay=relay), timeout=30
             )
         except grpc.aio.AioRpcError as exc:
             raise _rpc_failure(exc) from None

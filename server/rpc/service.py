@@ -13,6 +13,7 @@ Requests that reach a server that is not (or no longer) the leader fail with Con
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -24,11 +25,12 @@ from proto import server_rpc_pb2_grpc as pb_grpc
 from raft.node import RaftNode
 from server.endpoints.http import HTTPError
 
-__all__ = ["FORWARDED_HEADER", "NOT_LEADER", "ServerRPCService"]
+__all__ = ["FORWARDED_HEADER", "NOT_LEADER", "RELAYED_HEADER", "ServerRPCService"]
 
 log = structlog.get_logger("rpc")
 
 FORWARDED_HEADER = "X-Proconsul-Forwarded"
+RELAYED_HEADER = "X-Proconsul-Relayed"
 NOT_LEADER = "rpc error: not the leader"
 # Hop-by-hop headers and those aiohttp recomputes; never copied across a forward.
 _SKIP_HEADERS = frozenset(
@@ -41,9 +43,17 @@ class ServerRPCService:
     ``extra_services``); ``await close()`` at shutdown. ``http_base`` is this server's own HTTP
     API, e.g. ``http://127.0.0.1:8500``."""
 
-    def __init__(self, raft: RaftNode, http_base: str) -> None:
+    def __init__(
+        self,
+        raft: RaftNode,
+        http_base: str,
+        relay_apply: Callable[[bytes], Awaitable[Any]] | None = None,
+    ) -> None:
         self._raft = raft
         self._http_base = http_base
+        #: How a relayed Apply (from a client agent) is applied here: the server context's
+        #: ``apply_raw``, which forwards to the leader when this server is not it.
+        self._relay_apply = relay_apply
         self._session: aiohttp.ClientSession | None = None
 
     def add_to(self, server: Any) -> None:
@@ -54,11 +64,15 @@ class ServerRPCService:
             await self._session.close()
             self._session = None
 
-    async def apply(self, command: bytes) -> pb.ApplyResponse:
-        if not self._raft.is_leader:
+    async def apply(self, command: bytes, relay: bool = False) -> pb.ApplyResponse:
+        if relay and self._relay_apply is not None:
+            propose = self._relay_apply
+        elif not self._raft.is_leader:
             return pb.ApplyResponse(error=NOT_LEADER, error_status=503)
+        else:
+            propose = self._raft.propose
         try:
-            result = await self._raft.propose(command)
+            result = await propose(command)
         except HTTPError as exc:
             return pb.ApplyResponse(error=exc.message, error_status=exc.status)
         except Exception as exc:
@@ -78,7 +92,7 @@ class ServerRPCService:
         return pb.ReadIndexResponse(index=self._raft.applied_index)
 
     async def forward_http(self, request: pb.HttpRequest) -> pb.HttpResponse:
-        if not self._raft.is_leader:
+        if not request.relay and not self._raft.is_leader:
             # Not acted on: the follower looks for the new leader and retries.
             return pb.HttpResponse(status=503, body=NOT_LEADER.encode())
         if self._session is None:
@@ -87,7 +101,9 @@ class ServerRPCService:
                 auto_decompress=False,
             )
         headers = {h.name: h.value for h in request.headers if h.name.lower() not in _SKIP_HEADERS}
-        headers[FORWARDED_HEADER] = "1"
+        # A relayed request (from a client agent) is handled like one to our own API, leader
+        # forwarding included; one forwarded by a follower must be answered here.
+        headers[RELAYED_HEADER if request.relay else FORWARDED_HEADER] = "1"
         async with self._session.request(
             request.method,
             self._http_base + request.path_qs,
@@ -109,7 +125,7 @@ class _Servicer(pb_grpc.ServerRPCServicer):
         self._service = service
 
     async def Apply(self, request: pb.ApplyRequest, context: Any) -> pb.ApplyResponse:
-        return await self._service.apply(request.command)
+        return await self._service.apply(request.command, request.relay)
 
     async def ReadIndex(self, request: pb.ReadIndexRequest, context: Any) -> pb.ReadIndexResponse:
         return await self._service.read_index()
