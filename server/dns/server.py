@@ -115,16 +115,26 @@ class DnsServer:
 
     async def _bind(self, hosts: list[str], port: int) -> None:
         loop = asyncio.get_running_loop()
+        proto, host = "udp", ""
         try:
             for host in hosts:
+                proto = "udp"
                 transport, _ = await loop.create_datagram_endpoint(
                     lambda: _UdpProtocol(self), local_addr=(host, port)
                 )
                 self._udp.append(transport)
                 if port == 0:
                     port = transport.get_extra_info("sockname")[1]
+                proto = "tcp"
                 server = await asyncio.start_server(self._serve_tcp, host, port, reuse_address=True)
                 self._tcp.append(server)
+        except OSError as exc:
+            await self.stop()
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            reason = exc.strerror or str(exc)
+            raise OSError(
+                exc.errno, f"Error starting DNS server: listen {proto} {where}: {reason}"
+            ) from None
         except BaseException:
             await self.stop()
             raise
