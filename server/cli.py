@@ -4,6 +4,8 @@ Flags are spelled as Consul spells them (``-dev``, ``-http-port``); the double-d
 accepted too, as Consul's flag parser does. ``proconsul agent`` builds its ``RuntimeConfig``
 through ``server.config.load_runtime_config`` (flags, ``-config-file``/``-config-dir``/``-hcl``
 merged as Consul merges them); ``proconsul validate`` checks config files the same way.
+Every other verb (``members``, ``kv get``, ``operator raft list-peers`` …) is dispatched to
+``server.clicmd``, which talks to the agent's HTTP API.
 Every refusal is one line on stderr and exit status 1.
 """
 
@@ -121,8 +123,23 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in ("-h", "-help", "--help"):
+        from server.clicmd import main_help
+
+        print(main_help(), end="")
+        return 0
+    if not args_list:
+        from server.clicmd import main_help
+
+        print(main_help(), end="", file=sys.stderr)
+        return 1
+    if not args_list[0].startswith("-") and args_list[0] not in ("agent", "validate", "version"):
+        from server.clicmd import dispatch
+
+        return dispatch(args_list)
     parser = _build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(args_list)
     if extra:
         where = f"proconsul {args.command}" if args.command else "proconsul"
         print(f"{where}: unknown flag or argument: {' '.join(extra)}", file=sys.stderr)
