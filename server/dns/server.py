@@ -89,6 +89,12 @@ class DnsServer:
                 "dns_port_busy", wanted=port, port=self.port, note="dev mode: using a free port"
             )
         self.hosts = hosts
+        if cfg.recursors:
+            log.warning(
+                "dns_recursors_unsupported",
+                recursors=list(cfg.recursors),
+                note="names outside the domain are answered REFUSED",
+            )
         log.info("dns_started", addresses=[f"{h}:{self.port}" for h in hosts], udp=True, tcp=True)
 
     async def stop(self) -> None:

@@ -211,6 +211,29 @@ def test_udp_limits_and_full_tcp_answers(agent: Agent) -> None:
     assert len(addresses(agent.tcp("many.service.consul"))) == 40
 
 
+def test_several_queries_on_one_tcp_connection(agent: Agent) -> None:
+    names = ["nope.service.consul", "example.com", "7f000001.addr.consul"]
+    queries = [dns.message.make_query(name, "A") for name in names]
+    with socket.create_connection(("127.0.0.1", agent.dns_port), timeout=3) as c:
+        c.sendall(b"".join(len(w).to_bytes(2, "big") + w for w in (q.to_wire() for q in queries)))
+        replies = []
+        buf = b""
+        while len(replies) < len(queries):
+            chunk = c.recv(65535)
+            assert chunk
+            buf += chunk
+            while len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big"):
+                size = int.from_bytes(buf[:2], "big")
+                replies.append(dns.message.from_wire(buf[2 : 2 + size]))
+                buf = buf[2 + size :]
+    assert [r.id for r in replies] == [q.id for q in queries]
+    assert [r.rcode() for r in replies] == [
+        dns.rcode.NXDOMAIN,
+        dns.rcode.REFUSED,
+        dns.rcode.NOERROR,
+    ]
+
+
 def test_garbage_does_not_harm_the_server(agent: Agent) -> None:
     rng = random.Random(5)
     valid = dns.message.make_query("web.service.consul", "SRV").to_wire()

@@ -408,3 +408,55 @@ def test_settings_from_config() -> None:
     defaults = DnsSettings.from_config(RuntimeConfig())
     assert defaults == dataclasses.replace(defaults, udp_answer_limit=3, allow_stale=True)
     assert defaults.domains == (dns.name.from_text("consul."),)
+
+
+class _Core:
+    election_elapsed = 0
+
+
+class _Timing:
+    tick_seconds = 0.1
+
+
+class _Raft:
+    def __init__(self, leader: bool, leader_id: str | None, elapsed: int) -> None:
+        self.is_leader = leader
+        self.leader_id = leader_id
+        self.core = _Core()
+        self.core.election_elapsed = elapsed
+        self.timing = _Timing()
+
+
+class _Ctx:
+    """What StoreCatalog uses of a ServerContext, with barriers counted."""
+
+    def __init__(self, fsm: ConsulFSM, raft: _Raft) -> None:
+        self.config = RuntimeConfig()
+        self.raft = raft
+        self.store = fsm.store
+        self.barriers = 0
+
+    async def barrier(self, opts: Any) -> str:
+        self.barriers += 1
+        return "leader"
+
+
+async def test_stale_reads_and_max_stale(cluster: Cluster) -> None:
+    # A follower that heard from the leader 2 s ago: stale reads while max_stale allows.
+    ctx = _Ctx(cluster.fsm, _Raft(False, "leader-id", 20))
+    catalog = StoreCatalog(ctx, allow_stale=True, max_stale=5.0)  # type: ignore[arg-type]
+    assert catalog.last_contact() == pytest.approx(2.0)
+    assert len(await catalog.service_instances("dc1", "web", None)) == 4
+    assert ctx.barriers == 0
+    catalog.max_stale = 1.0  # too stale: a consistent read first
+    assert len(await catalog.service_instances("", "web", None)) == 4
+    assert ctx.barriers == 1
+    # No known leader: infinitely stale.
+    ctx.raft = _Raft(False, None, 0)
+    assert catalog.last_contact() == float("inf")
+    # allow_stale off: always a consistent read; on the leader last contact is 0.
+    ctx.raft = _Raft(True, "me", 0)
+    assert catalog.last_contact() == 0.0
+    catalog = StoreCatalog(ctx, allow_stale=False)  # type: ignore[arg-type]
+    assert await catalog.node("dc1", "n1") is not None
+    assert ctx.barriers == 2
