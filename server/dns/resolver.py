@@ -33,6 +33,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.CNAME
+import dns.rdtypes.ANY.NS
 import dns.rdtypes.ANY.PTR
 import dns.rdtypes.ANY.SOA
 import dns.rdtypes.ANY.TXT
@@ -87,6 +88,7 @@ _CNAME: Any = dns.rdtypes.ANY.CNAME.CNAME
 _PTR: Any = dns.rdtypes.ANY.PTR.PTR
 _SOA: Any = dns.rdtypes.ANY.SOA.SOA
 _TXT: Any = dns.rdtypes.ANY.TXT.TXT
+_NS: Any = dns.rdtypes.ANY.NS.NS
 
 
 def _seconds(value: Any, default: float = 0.0) -> float:
@@ -179,6 +181,8 @@ class _Answer:
     rcode: dns.rcode.Rcode = dns.rcode.NOERROR
     answers: list[tuple[Record, list[Record]]] = field(default_factory=list)
     soa: bool = False  # the SOA in the authority section
+    authority: list[Record] = field(default_factory=list)  # NS records (apex SOA answers)
+    additional: list[Record] = field(default_factory=list)  # their glue
     domain: dns.name.Name | None = None
 
 
@@ -278,10 +282,15 @@ class DnsResolver:
                 out.rcode, out.soa = dns.rcode.NXDOMAIN, True
             elif isinstance(parsed, Apex):
                 assert domain is not None
+                ns, glue = await self._nameservers(domain)
                 if qtype in (SOA, ANY):
                     out.answers.append(((domain, s.soa_min_ttl, self._soa(domain)), []))
-                else:
-                    out.soa = True
+                if qtype in (NS, ANY):
+                    out.answers.extend((rec, []) for rec in ns)
+                    out.additional.extend(glue)
+                elif qtype == SOA:
+                    out.authority.extend(ns)
+                    out.additional.extend(glue)
             elif isinstance(parsed, ServiceLookup):
                 assert domain is not None
                 instances = await self.catalog.service_instances(
@@ -382,6 +391,8 @@ class DnsResolver:
             if target is None:
                 return
             extras = self._target_records(target, ttl, node.address)
+            if self.settings.enable_additional_node_meta_txt:
+                extras += self._meta_txt(target, ttl, node)
         elif (ip := _ip(inst.address)) is not None:
             label = ip.packed.hex()
             target = dns.name.Name((label.encode(), b"addr", *self._dc_domain(datacenter, domain)))
@@ -398,17 +409,58 @@ class DnsResolver:
 
     def _node(self, out: _Answer, node: DnsNode, qname: dns.name.Name, qtype: int) -> None:
         ttl = int(self.settings.node_ttl)
+        records: list[Record] = []
         if _ip(node.address) is None:
             if node.address and qtype in (A, AAAA, ANY, CNAME):
-                out.answers.append((self._cname(qname, ttl, node.address), []))
+                records.append(self._cname(qname, ttl, node.address))
         else:
-            for rec in self._address_records(qname, ttl, node.address, qtype):
-                out.answers.append((rec, []))
-        if qtype in (TXT, ANY) and self.settings.enable_additional_node_meta_txt:
-            for key, value in node.meta:
-                text = f"{key}={value}" if value else key
-                rdata = _TXT(IN, TXT, [text.encode()[:255]])
-                out.answers.append(((qname, ttl, rdata), []))
+            records.extend(self._address_records(qname, ttl, node.address, qtype))
+        meta = self._meta_txt(qname, ttl, node)
+        if qtype in (TXT, ANY):
+            records.extend(meta)  # Consul: the node's meta answers TXT and ANY questions
+            meta = []
+        elif not self.settings.enable_additional_node_meta_txt:
+            meta = []
+        for i, rec in enumerate(records):
+            out.answers.append((rec, meta if i == 0 else []))
+
+    async def _nameservers(self, domain: dns.name.Name) -> tuple[list[Record], list[Record]]:
+        """NS records for the domain, from up to three healthy servers (the ``consul``
+        service), with their addresses as glue (Consul's ``nameservers``)."""
+        dc = self.settings.datacenter
+        try:
+            servers = await self.catalog.service_instances(dc, "consul", None)
+        except (NoPathToDatacenter, CatalogUnavailable):
+            return [], []
+        servers = [i for i in servers if _healthy(i.statuses, self.settings.only_passing)]
+        self.rng.shuffle(servers)
+        ttl = int(self.settings.node_ttl)
+        ns: list[Record] = []
+        glue: list[Record] = []
+        for inst in servers:
+            target = self._node_name(inst.node.name.lower(), dc, domain)
+            if target is None:
+                continue
+            ns.append((domain, ttl, _NS(IN, NS, target)))
+            glue.extend(self._target_records(target, ttl, inst.node.address))
+            if len(ns) >= 3:
+                break
+        return ns, glue
+
+    @staticmethod
+    def _meta_txt(name: dns.name.Name, ttl: int, node: DnsNode) -> list[Record]:
+        """The node's meta as TXT records: ``key=value`` with Consul's escaping (a backtick
+        doubles, ``=`` in a key becomes `` `= ``), or the bare value of ``rfc1035-`` keys."""
+        out: list[Record] = []
+        for key, value in node.meta:
+            if key.lower().startswith("rfc1035-"):
+                text = value
+            else:
+                k = key.replace("`", "``").replace("=", "`=")
+                text = f"{k}={value.replace('`', '``')}"
+            chunks = [text.encode()[i : i + 255] for i in range(0, max(len(text.encode()), 1), 255)]
+            out.append((name, ttl, _TXT(IN, TXT, chunks)))
+        return out
 
     # --- records ------------------------------------------------------------------------
 
@@ -502,6 +554,10 @@ class DnsResolver:
             self._add(response, response.answer, name, ttl, rdata)
             for ename, ettl, erdata in extras:
                 self._add(response, response.additional, ename, ettl, erdata)
+        for name, ttl, rdata in answer.authority:
+            self._add(response, response.authority, name, ttl, rdata)
+        for name, ttl, rdata in answer.additional:
+            self._add(response, response.additional, name, ttl, rdata)
         if answer.soa:
             domain = answer.domain or self.settings.domain
             self._add(

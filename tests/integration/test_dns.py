@@ -147,9 +147,21 @@ def test_services_with_http_and_ttl_checks(agent: Agent, health_server: int) -> 
     node = agent.client.get("/v1/agent/self").json()["Config"]["NodeName"]
     targets = sorted(rd.target.to_text() for rd in msg.answer[0])
     assert targets == sorted([f"{node}.node.dc1.consul.", "7f000002.addr.dc1.consul."])
-    extra = {rrset.name.to_text(): [rd.to_text() for rd in rrset] for rrset in msg.additional}
+    extra = {
+        rrset.name.to_text(): [rd.to_text() for rd in rrset]
+        for rrset in msg.additional
+        if rrset.rdtype == dns.rdatatype.A
+    }
     assert extra[f"{node}.node.dc1.consul."] == ["127.0.0.1"]
     assert extra["7f000002.addr.dc1.consul."] == ["127.0.0.2"]
+    # The node's meta rides along as TXT (dns_config.enable_additional_node_meta_txt).
+    txt = [
+        rd.to_text()
+        for rrset in msg.additional
+        if rrset.rdtype == dns.rdatatype.TXT and rrset.name.to_text().startswith(node)
+        for rd in rrset
+    ]
+    assert '"consul-network-segment="' in txt
 
     assert addresses(agent.udp("web.service.consul")) == ["127.0.0.1", "127.0.0.2"]
     assert addresses(agent.tcp("web.service.consul")) == ["127.0.0.1", "127.0.0.2"]
@@ -169,6 +181,17 @@ def test_services_with_http_and_ttl_checks(agent: Agent, health_server: int) -> 
     # Warning counts as healthy (dns_config.only_passing is off).
     assert agent.client.put("/v1/agent/check/warn/service:web-ttl").status == 200
     assert wait_for(lambda: srv_ports(agent.udp("web.service.consul", "SRV")) == [8001, 8002])
+
+
+def test_the_domain_apex_names_the_servers(agent: Agent) -> None:
+    node = agent.client.get("/v1/agent/self").json()["Config"]["NodeName"]
+    target = f"{node.lower()}.node.dc1.consul."
+    msg = wait_for(lambda: (m := agent.udp("consul", "NS")).answer and m)
+    assert addresses(msg) == [target]
+    assert [rd.to_text() for rrset in msg.additional for rd in rrset] == ["127.0.0.1"]
+    msg = agent.tcp("consul", "SOA")
+    assert [rrset.rdtype for rrset in msg.answer] == [dns.rdatatype.SOA]
+    assert [rd.to_text() for rrset in msg.authority for rd in rrset] == [target]
 
 
 def test_unknown_and_foreign_names(agent: Agent) -> None:

@@ -141,7 +141,11 @@ async def test_srv_targets_and_additional_addresses(cluster: Cluster) -> None:
         "1 1 8081 n2.node.dc1.consul.",
         "1 1 8083 c0a80104.addr.dc1.consul.",
     ]
-    extra = {rrset.name.to_text(): values_of(rrset) for rrset in msg.additional}
+    extra = {
+        rrset.name.to_text(): values_of(rrset)
+        for rrset in msg.additional
+        if rrset.rdtype != dns.rdatatype.TXT
+    }
     assert extra == {
         "n1.node.dc1.consul.": ["10.0.0.1"],
         "n2.node.dc1.consul.": ["10.0.0.2"],
@@ -223,7 +227,13 @@ async def test_nodes(cluster: Cluster) -> None:
     assert values(msg) == ["10.0.0.6"]
     assert msg.answer[0].ttl == 30
     assert values(await ask(r, "n6.node.dc1.consul")) == ["10.0.0.6"]
-    assert values(await ask(r, "n6.node.consul", "TXT")) == ['"flag"', '"rack=r1"']
+    assert values(await ask(r, "n6.node.consul", "TXT")) == ['"flag="', '"rack=r1"']
+    assert values(await ask(r, "n6.node.consul", "ANY")) == ['"flag="', '"rack=r1"', "10.0.0.6"]
+    # With A questions the meta goes to the additional section (unless turned off).
+    assert values(await ask(r, "n6.node.consul"), "additional") == ['"flag="', '"rack=r1"']
+    off = cluster.resolver(enable_additional_node_meta_txt=False)
+    assert values(await ask(off, "n6.node.consul"), "additional") == []
+    assert values(await ask(off, "n6.node.consul", "TXT")) == ['"flag="', '"rack=r1"']
     msg = await ask(r, "n6.node.consul", "AAAA")
     assert msg.rcode() == dns.rcode.NOERROR and not msg.answer and msg.authority
     assert values(await ask(r, "n5.node.consul", "AAAA")) == ["2001:db8::5"]
@@ -244,8 +254,20 @@ async def test_apex(cluster: Cluster) -> None:
     r = cluster.resolver()
     msg = await ask(r, "consul", "SOA")
     assert [rrset.rdtype for rrset in msg.answer] == [dns.rdatatype.SOA]
+    assert not msg.authority  # no servers registered yet
     msg = await ask(r, "consul", "A")
     assert msg.rcode() == dns.rcode.NOERROR and not msg.answer and msg.authority
+    # Servers are the instances of the `consul` service: up to three, with glue.
+    for i in range(4):
+        cluster.service(f"Srv{i}", f"10.9.0.{i}", "consul", "consul", 8300)
+    cluster.service("srv-bad", "10.9.0.9", "consul", "consul", 8300, status="critical")
+    msg = await ask(r, "consul", "NS")
+    names = values(msg)
+    assert len(names) == 3 and all(n.startswith("srv") for n in names)
+    assert "srv-bad.node.dc1.consul." not in names
+    assert len(values(msg, "additional")) == 3
+    msg = await ask(r, "consul", "SOA")
+    assert len(values(msg, "authority")) == 3 and len(values(msg, "additional")) == 3
 
 
 async def test_alt_domain(cluster: Cluster) -> None:
