@@ -77,9 +77,10 @@ class PreparedAnswer:
 
 class DnsCatalog(Protocol):
     async def service_instances(
-        self, datacenter: str, service: str, tag: str | None
+        self, datacenter: str, service: str, tag: str | None, *, connect: bool = False
     ) -> list[DnsInstance]:
-        """Every instance of ``service`` (with ``tag`` when given), healthy or not."""
+        """Every instance of ``service`` (with ``tag`` when given), healthy or not; with
+        ``connect``, the Connect proxies for it and its Connect-native instances instead."""
         ...
 
     async def node(self, datacenter: str, name: str) -> DnsNode | None: ...
@@ -161,10 +162,12 @@ class StoreCatalog:
             raise CatalogUnavailable(str(exc)) from None
 
     async def service_instances(
-        self, datacenter: str, service: str, tag: str | None
+        self, datacenter: str, service: str, tag: str | None, *, connect: bool = False
     ) -> list[DnsInstance]:
         store = await self._store(datacenter)
-        _, rows = store.catalog.check_service_nodes(None, service, tags=[tag] if tag else None)
+        _, rows = store.catalog.check_service_nodes(
+            None, service, tags=[tag] if tag else None, connect=connect
+        )
         return [_instance(node, svc, checks, self.datacenter) for node, svc, checks in rows]
 
     async def node(self, datacenter: str, name: str) -> DnsNode | None:

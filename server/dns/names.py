@@ -5,6 +5,7 @@ from the right: an optional datacenter (``<dc>`` or ``<dc>.dc``), then the looku
 what the type needs::
 
     <service>.service[.<dc>]          <tag>.<service>.service[.<dc>]
+    <service>.connect[.<dc>]          (Connect proxies and native instances)
     _<service>._<tag|tcp>.service[.<dc>]                          (RFC 2782)
     <node>.node[.<dc>]                <query>.query[.<dc>]
     <8 or 32 hex digits>.addr[.<dc>]  <dotted IPv4>.addr[.<dc>]
@@ -43,6 +44,7 @@ class ServiceLookup:
     tag: str | None
     datacenter: str
     rfc2782: bool = False
+    connect: bool = False  # ``<service>.connect``: its Connect proxies and native instances
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +87,7 @@ class Foreign:
 Parsed = ServiceLookup | NodeLookup | QueryLookup | Addr | Ptr | Apex | Invalid | Foreign
 
 _ARPA = (dns.name.from_text("in-addr.arpa."), dns.name.from_text("ip6.arpa."))
-_TYPES = ("service", "node", "query", "addr")
+_TYPES = ("service", "connect", "node", "query", "addr")
 
 
 def _text(label: bytes) -> str:
@@ -141,6 +143,10 @@ def _parse_labels(labels: list[str], local_dc: str) -> Parsed:
             return ServiceLookup(head[0][1:], tag or None, datacenter, rfc2782=True)
         tag = ".".join(head[:-1])
         return ServiceLookup(head[-1], tag or None, datacenter)
+    if kind == "connect":
+        if len(head) != 1:
+            return Invalid("tags are not supported in .connect lookups")
+        return ServiceLookup(head[0], None, datacenter, connect=True)
     if kind == "node":
         return NodeLookup(".".join(head), datacenter)
     if kind == "query":

@@ -294,7 +294,7 @@ class DnsResolver:
             elif isinstance(parsed, ServiceLookup):
                 assert domain is not None
                 instances = await self.catalog.service_instances(
-                    parsed.datacenter, parsed.service, parsed.tag
+                    parsed.datacenter, parsed.service, parsed.tag, connect=parsed.connect
                 )
                 instances = [i for i in instances if _healthy(i.statuses, s.only_passing)]
                 ttl = s.ttl_for_service(parsed.service)

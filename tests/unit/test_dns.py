@@ -166,6 +166,24 @@ async def test_srv_weights_follow_the_health(cluster: Cluster) -> None:
     assert values(msg) == ["1 10 1 n7.node.dc1.consul.", "1 2 2 n8.node.dc1.consul."]
 
 
+async def test_connect_lookups(cluster: Cluster) -> None:
+    cluster.service("n1", "10.0.0.1", "db", "db1", 5432)
+    cluster.service(
+        "n1",
+        "10.0.0.1",
+        "db-sidecar-proxy",
+        "db1-proxy",
+        21000,
+        Kind="connect-proxy",
+        Proxy={"DestinationServiceName": "db"},
+    )
+    cluster.service("n2", "10.0.0.2", "db", "db2", 5433, Connect={"Native": True})
+    msg = await ask(cluster.resolver(), "db.connect.consul", "SRV")
+    assert values(msg) == ["1 1 21000 n1.node.dc1.consul.", "1 1 5433 n2.node.dc1.consul."]
+    msg = await ask(cluster.resolver(), "web.connect.consul")
+    assert msg.rcode() == dns.rcode.NXDOMAIN
+
+
 async def test_tags_and_rfc2782(cluster: Cluster) -> None:
     r = cluster.resolver()
     assert values(await ask(r, "v1.web.service.consul")) == ["10.0.0.1"]  # web3 is critical
