@@ -9,7 +9,11 @@ and logs it; anywhere else a busy port is an error, as in Consul.
 UDP: one datagram, one answer (garbage is dropped). TCP: RFC 1035 length-prefixed messages,
 several per connection, answered in order; a connection idle for ``TCP_IDLE`` seconds, or
 sending a frame that does not parse, is closed. A bounded number of queries are in flight at
-once; datagrams beyond that are dropped (the client retries), so a flood cannot grow memory.
+once (``MAX_IN_FLIGHT`` datagrams, ``MAX_TCP_CONNECTIONS`` connections); beyond that datagrams
+are dropped and connections closed (clients retry), so a flood cannot grow memory.
+
+Tasks: one short task per UDP query and one per TCP connection, owned by the server and
+cancelled by ``stop``; the resolver's state is read-only but for its counters.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ log = structlog.get_logger("dns")
 DEFAULT_PORT = 8600
 TCP_IDLE = 10.0
 MAX_IN_FLIGHT = 1024
+MAX_TCP_CONNECTIONS = 256
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -66,6 +71,7 @@ class DnsServer:
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._tcp_connections = 0
         #: The port actually bound (-1 when the DNS server is off).
         self.port = -1
         self.hosts: list[str] = []
@@ -180,6 +186,10 @@ class DnsServer:
     # --- TCP ------------------------------------------------------------------------------
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._tcp_connections >= MAX_TCP_CONNECTIONS:
+            writer.close()  # over the limit: refuse at once, the client retries
+            return
+        self._tcp_connections += 1
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -198,6 +208,7 @@ class DnsServer:
         except Exception as exc:
             log.debug("dns_tcp_error", error=repr(exc))
         finally:
+            self._tcp_connections -= 1
             if task is not None:
                 self._tasks.discard(task)
             writer.close()
