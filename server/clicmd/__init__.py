@@ -66,7 +66,7 @@ def _group_help(group: str) -> str:
     direct = {k: v for k, v in subs.items() if " " not in k}
     width = max(len(k) for k in direct) if direct else 0
     lines = [
-        f"Usage: consul {group} <subcommand> [options] [args]",
+        f"Usage: proconsul {group} <subcommand> [options] [args]",
         "",
         f"  {GROUPS[group]}.",
         "",

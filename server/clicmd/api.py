@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import ssl
 import urllib.error
 import urllib.parse
@@ -149,12 +150,12 @@ class Client:
                 f"Unexpected response code: {err.code} ({text})", err.code, text
             ) from None
         except urllib.error.URLError as err:
-            reason = err.reason
             raise APIError(
-                f'{method} "{self.url(path, params, dc)}": dial tcp {self.address}: {reason}'
+                f'{method.capitalize()} "{self.url(path, params, dc)}": '
+                f"{_dial_error(self.address, err.reason)}"
             ) from None
         except (OSError, ValueError) as err:
-            raise APIError(f'{method} "{self.url(path, params, dc)}": {err}') from None
+            raise APIError(f'{method.capitalize()} "{self.url(path, params, dc)}": {err}') from None
         return resp
 
     def request(
@@ -175,7 +176,7 @@ class Client:
                 return Response(err.status, {}, err.body.encode())
             raise
         except OSError as err:
-            raise APIError(f'{method} "{self.url(path, params, dc)}": {err}') from None
+            raise APIError(f'{method.capitalize()} "{self.url(path, params, dc)}": {err}') from None
 
     def stream(
         self,
@@ -218,6 +219,20 @@ class Client:
 
     def delete(self, path: str, params: Mapping[str, Any] | None = None, **kw: Any) -> Response:
         return self.request("DELETE", path, params, **kw)
+
+
+def _dial_error(address: str, reason: object) -> str:
+    """Go's net error text for a failed dial (``dial tcp host:port: connect: connection
+    refused``)."""
+    if isinstance(reason, ConnectionRefusedError):
+        return f"dial tcp {address}: connect: connection refused"
+    if isinstance(reason, TimeoutError):
+        return f"dial tcp {address}: i/o timeout"
+    if isinstance(reason, OSError) and reason.strerror:
+        if isinstance(reason, socket.gaierror):
+            return f"dial tcp: lookup {address.rsplit(':', 1)[0]}: no such host"
+        return f"dial tcp {address}: {reason.strerror.lower()}"
+    return f"dial tcp {address}: {reason}"
 
 
 def _env_bool(name: str, default: bool) -> bool:

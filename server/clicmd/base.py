@@ -96,7 +96,10 @@ def run_command(
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
     stdin: IO[str] | None = None,
+    client: Client | None = None,
 ) -> int:
+    """Parse ``argv`` into ``cmd``'s flags and run it; ``client`` replaces the HTTP client the
+    flags describe (tests)."""
     fs = cmd.flagset()
     out = stdout or sys.stdout
     err = stderr or sys.stderr
@@ -108,7 +111,7 @@ def run_command(
     except UsageError as exc:
         err.write(f"{exc}\n")
         return 1
-    ctx = Context(fs, args, out, err, stdin or sys.stdin)
+    ctx = Context(fs, args, out, err, stdin or sys.stdin, client)
     try:
         return cmd.run(ctx)
     except Fail as exc:

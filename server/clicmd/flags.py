@@ -211,7 +211,11 @@ class FlagSet:
 
     def help_text(self) -> str:
         """The usage text followed by the flags, as Consul's ``flags.Usage`` prints them."""
-        lines = [self.usage.strip("\n"), ""]
+        usage = self.usage.strip("\n")
+        usage = usage.replace("Usage: consul ", "Usage: proconsul ").replace(
+            "$ consul ", "$ proconsul "
+        )
+        lines = [usage, ""]
         for name in sorted(self.flags):
             flag = self.flags[name]
             head = f"  -{name}" if flag.kind == "bool" else f"  -{name}={flag.metavar}"
