@@ -10,8 +10,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from server.clicmd import COMMANDS
 from server.clicmd.api import APIError, Client, Response
 from server.clicmd.base import run_command
@@ -357,7 +355,7 @@ def test_autopilot_set_config_cas() -> None:
     argv = ["operator", "autopilot", "set-config", "-cleanup-dead-servers=false"]
     argv += ["-last-contact-threshold=1s", "-min-quorum=3"]
     assert run(argv, c) == (0, "Configuration updated!\n", "")
-    method, _, params, body = c.calls[-1]
+    _, _, params, body = c.calls[-1]
     sent = json.loads(body or b"")
     assert params == {"cas": 12}
     assert sent["CleanupDeadServers"] is False and sent["LastContactThreshold"] == "1s"
