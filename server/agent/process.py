@@ -495,7 +495,14 @@ async def run_agent(
 ) -> int:
     """Run an agent until SIGINT/SIGTERM or a leave; SIGHUP reloads. Returns the exit code."""
     agent = Agent(config, reload_config)
-    await agent.start()
+    try:
+        await agent.start()
+    except BaseException:
+        # Whatever started (Raft, gRPC, serf, listeners) is stopped before the error surfaces.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(10):
+                await agent.stop()
+        raise
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, agent.shutdown_requested.set)
