@@ -52,6 +52,7 @@ from server.agent.leader import LeaderDuties
 from server.agent.serf_lan import ServerInfo, build_tags, start_lan_serf
 from server.agent.servers import ServerPool
 from server.config.runtime import RuntimeConfig
+from server.dns.relay import RelayCatalog
 from server.dns.server import DnsServer
 from server.endpoints import build_app
 from server.endpoints.context import ServerContext
@@ -166,7 +167,11 @@ class Agent:
         self.ctx.leader_rpc = self.leader_client
         if self.is_server:
             self.ctx.add_service(LeaderDuties(self.ctx))
-        self.ctx.add_service(DnsServer(self.ctx))
+        self.ctx.add_service(
+            DnsServer(
+                self.ctx, catalog=None if self.is_server else RelayCatalog.for_agent(self.ctx)
+            )
+        )
         self.serf: GossipNode[Serf] | None = None
         self._raft_started = False
         self._leaving = False
