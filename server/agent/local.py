@@ -695,6 +695,25 @@ class LocalState:
         self._put_check(health, ct, token)
         return health
 
+    def restore_check(self, health: dict[str, Any], ct: CheckType | None, token: str) -> None:
+        """A check as saved by an earlier run of this agent (its ``HealthCheck`` JSON and its
+        definition), registered again as it was (status critical until it reports, as
+        Consul restores persisted checks). A check of a service this agent does not have
+        is refused (404)."""
+        sid = str(health.get("ServiceID") or "")
+        service = self.service(sid) if sid else None
+        if sid and service is None:
+            raise LocalError(404, f'ServiceID "{sid}" does not exist')
+        check = dict(health)
+        check["Node"] = self.node_name
+        if service is not None:
+            check["ServiceName"] = service.get("Service", "")
+            check["ServiceTags"] = list(service.get("Tags") or [])
+        if ct is not None:
+            check["Status"] = CRITICAL
+            check["Output"] = ""
+        self._put_check(check, ct, token)
+
     def add_raw_check(self, health: dict[str, Any]) -> None:
         """A check without a runner (maintenance checks)."""
         self._put_check(health, None, "")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import ipaddress
@@ -35,6 +36,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -49,9 +51,11 @@ from server.agent.local import (
     SIDECAR_SUFFIX,
     VALID_STATUSES,
     WARNING,
+    CheckEntry,
     CheckType,
     LocalError,
     LocalState,
+    ServiceEntry,
     aggregated_status,
     parse_check_type,
 )
@@ -352,6 +356,129 @@ def _content_hash(value: Any) -> str:
     return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
+# --- persistence of API-registered services and checks ----------------------------------
+
+
+def _file_name(ident: str) -> str:
+    return hashlib.sha256(ident.encode()).hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory, fsynced
+    and renamed into place: a crash leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _check_type_json(ct: CheckType | None) -> dict[str, Any] | None:
+    return None if ct is None else dataclasses.asdict(ct)
+
+
+def _check_type_from_json(raw: Any) -> CheckType | None:
+    if not isinstance(raw, dict):
+        return None
+    known = {f.name for f in dataclasses.fields(CheckType)}
+    return CheckType(**{k: v for k, v in raw.items() if k in known})
+
+
+class LocalPersistence:
+    """Services and checks registered through the agent API, kept in the data dir as Consul
+    keeps them (``<data_dir>/services/<hash>``, ``<data_dir>/checks/<hash>``, and the last
+    status set through a TTL endpoint in ``<data_dir>/checks/state/<hash>``), so that a
+    restarted agent has them without re-registration. Each file is one JSON object written
+    atomically (temporary file, fsync, rename); a removed service or check loses its file.
+
+    Ones from the configuration files are not saved (the configuration brings them back);
+    at start, and on reload, a saved one whose ID the configuration also defines is dropped
+    (the configuration wins, as in Consul). ``-dev`` agents (no data dir) save nothing."""
+
+    def __init__(self, data_dir: str) -> None:
+        root = Path(data_dir)
+        self.services_dir = root / "services"
+        self.checks_dir = root / "checks"
+        self.state_dir = root / "checks" / "state"
+
+    # --- writes ---
+
+    def save_service(self, entry: ServiceEntry) -> None:
+        sid = str(entry.service.get("ID", ""))
+        body = {"Service": entry.service, "Token": entry.token, "SidecarOf": entry.sidecar_of}
+        _write_atomic(self.services_dir / _file_name(sid), orjson.dumps(body))
+
+    def save_check(self, entry: CheckEntry) -> None:
+        cid = str(entry.check.get("CheckID", ""))
+        body = {
+            "Check": entry.check,
+            "ChkType": _check_type_json(entry.check_type),
+            "Token": entry.token,
+        }
+        _write_atomic(self.checks_dir / _file_name(cid), orjson.dumps(body))
+
+    def save_check_state(self, check_id: str, status: str, output: str, ttl: float) -> None:
+        body = {
+            "CheckID": check_id,
+            "Status": status,
+            "Output": output,
+            "Expires": time.time() + ttl,
+        }
+        _write_atomic(self.state_dir / _file_name(check_id), orjson.dumps(body))
+
+    def remove_service(self, service_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.services_dir / _file_name(service_id))
+
+    def remove_check(self, check_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.checks_dir / _file_name(check_id))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.state_dir / _file_name(check_id))
+
+    # --- reads ---
+
+    @staticmethod
+    def _read_all(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
+        out: list[tuple[Path, dict[str, Any]]] = []
+        if not directory.is_dir():
+            return out
+        for path in sorted(directory.iterdir()):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            try:
+                body = orjson.loads(path.read_bytes())
+            except (OSError, orjson.JSONDecodeError) as exc:
+                log.warning("persisted_file_unreadable", path=str(path), error=str(exc))
+                continue
+            if isinstance(body, dict):
+                out.append((path, body))
+        return out
+
+    def services(self) -> list[tuple[Path, dict[str, Any]]]:
+        return self._read_all(self.services_dir)
+
+    def checks(self) -> list[tuple[Path, dict[str, Any]]]:
+        return self._read_all(self.checks_dir)
+
+    def check_state(self, check_id: str) -> dict[str, Any] | None:
+        """The saved TTL status of ``check_id`` unless it has expired (then it is dropped)."""
+        path = self.state_dir / _file_name(check_id)
+        try:
+            body = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        if not isinstance(body, dict) or float(body.get("Expires") or 0) <= time.time():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return None
+        return body
+
+
 # --- the local state service ------------------------------------------------------------
 
 
@@ -369,7 +496,15 @@ class AgentLocal:
         self._tasks: list[asyncio.Task[None]] = []
         self._warned_no_handler = False
         self.tokens: dict[str, str] = {}
+        cfg = ctx.config
+        self.persistence: LocalPersistence | None = (
+            LocalPersistence(cfg.data_dir) if cfg.data_dir and not cfg.dev else None
+        )
+        #: While set, changes come from the configuration files (or from the saved files
+        #: being loaded) and are not saved.
+        self._not_persisted: str = ""
         local.listeners.append(self._on_change)
+        local.listeners.append(self._persist_change)
 
     # --- service hooks ---
 
@@ -377,6 +512,7 @@ class AgentLocal:
         self._trigger = asyncio.Event()
         self._changed = asyncio.Event()
         self._load_config()
+        self._load_persisted()
         self.runners.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -428,6 +564,13 @@ class AgentLocal:
 
     def _load_config(self) -> None:
         """Services and checks from the agent's configuration files."""
+        self._not_persisted = "config"
+        try:
+            self._load_config_entries()
+        finally:
+            self._not_persisted = ""
+
+    def _load_config_entries(self) -> None:
         for raw in self.ctx.config.services:
             try:
                 ns, checks, sidecar = decode_service_definition(raw)
@@ -441,6 +584,92 @@ class AgentLocal:
                 self.local.add_check(ct.check_id, ct)
             except (HTTPError, LocalError) as exc:
                 log.warning("config_check_invalid", error=getattr(exc, "message", str(exc)))
+
+    # --- persistence ---
+
+    def _persist_change(self, kind: str, ident: str) -> None:
+        """Keep the saved services and checks in step with the local state (a listener of
+        ``LocalState``: called after every change)."""
+        store = self.persistence
+        if store is None or self._not_persisted == "restore":
+            return
+        try:
+            if kind == "service-added":
+                entry = self.local.services.get(ident)
+                if self._not_persisted == "config" or entry is None or entry.deleted:
+                    store.remove_service(ident)  # the configuration's definition wins
+                else:
+                    store.save_service(entry)
+            elif kind == "service-removed":
+                store.remove_service(ident)
+            elif kind == "check-added":
+                check = self.local.checks.get(ident)
+                if self._not_persisted == "config" or check is None or check.deleted:
+                    store.remove_check(ident)
+                else:
+                    store.save_check(check)
+            elif kind == "check-removed":
+                store.remove_check(ident)
+        except OSError as exc:
+            log.error("persist_failed", kind=kind, id=ident, error=str(exc))
+
+    def _load_persisted(self) -> None:
+        """Services and checks saved by an earlier run (``LocalPersistence``): services
+        first, then checks; one the configuration already defines is dropped, as is a check
+        whose service is gone. A TTL check gets back the status last set through the API
+        unless its TTL has run out since."""
+        store = self.persistence
+        if store is None:
+            return
+        self._not_persisted = "restore"
+        try:
+            for path, body in store.services():
+                ns = body.get("Service")
+                sid = str((ns or {}).get("ID") or "") if isinstance(ns, dict) else ""
+                if not sid or self.local.service(sid) is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                    continue
+                assert isinstance(ns, dict)
+                try:
+                    self.local.add_service(
+                        ns,
+                        token=str(body.get("Token") or ""),
+                        sidecar_of=str(body.get("SidecarOf") or ""),
+                    )
+                except LocalError as exc:
+                    log.warning("persisted_service_invalid", id=sid, error=exc.message)
+            for path, body in store.checks():
+                health = body.get("Check")
+                cid = str((health or {}).get("CheckID") or "") if isinstance(health, dict) else ""
+                if not cid or self.local.check(cid) is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                    continue
+                assert isinstance(health, dict)
+                try:
+                    ct = _check_type_from_json(body.get("ChkType"))
+                    self.local.restore_check(health, ct, str(body.get("Token") or ""))
+                except (LocalError, TypeError) as exc:
+                    log.warning("persisted_check_dropped", id=cid, error=str(exc))
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+            for cid, entry in list(self.local.checks.items()):
+                ct = entry.check_type
+                if entry.deleted or ct is None or ct.ttl <= 0:
+                    continue
+                state = store.check_state(cid)
+                if state is not None and state.get("Status") in VALID_STATUSES:
+                    self.local.update_check(
+                        cid, str(state["Status"]), str(state.get("Output") or "")
+                    )
+        finally:
+            self._not_persisted = ""
+        log.info(
+            "local_state_restored",
+            services=len(self.local.all_services()),
+            checks=len(self.local.all_checks()),
+        )
 
     # --- sync ---
 
@@ -932,6 +1161,18 @@ class AgentEndpoint:
         if runner is None:
             raise HTTPError(500, f'CheckID "{cid}" does not have associated TTL')
         runner.set_status(status, output)
+        store = self.agent.persistence
+        entry = self.local.check_entry(cid)
+        if store is not None and entry is not None and entry.check_type is not None:
+            try:
+                store.save_check_state(
+                    cid,
+                    str(entry.check.get("Status", status)),
+                    str(entry.check.get("Output", output)),
+                    entry.check_type.ttl,
+                )
+            except OSError as exc:
+                log.error("persist_failed", kind="check-state", id=cid, error=str(exc))
         await self.agent.sync_changes()
         return web.Response()
 
