@@ -121,6 +121,13 @@ def run_command(
     except APIError as exc:
         ctx.err(f"Error: {exc}")
         return 1
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        # An answer of an unexpected shape (not Consul's JSON): one line, no traceback.
+        ctx.err(f"Error: unexpected answer from the agent ({type(exc).__name__}: {exc})")
+        return 1
+    except OSError as exc:
+        ctx.err(f"Error: {exc}")
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -4,21 +4,23 @@ refused in one line."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from helpers.agentproc import Client, proconsul
+from helpers.agentproc import Client, proconsul, start_agent, stop_agent
 
 
 def cli(
     agent: Client, *args: str, stdin: str | None = None, timeout: float = 30, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    environ = {**os.environ, "CONSUL_HTTP_ADDR": agent.base, **env}
-    environ.pop("CONSUL_HTTP_TOKEN", None)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
+    environ.update({"CONSUL_HTTP_ADDR": agent.base, **env})
     return subprocess.run(
         [*proconsul(), *args],
         input=stdin,
@@ -319,3 +321,97 @@ def test_unreachable_agent_and_addresses(dev_agent: Client) -> None:
     assert one_line_error(res).startswith("Error querying Consul agent: Unexpected response code")
     res = cli(dev_agent, "kv", "get", "-h")
     assert res.returncode == 0 and res.stdout.startswith("Usage: proconsul kv get")
+
+
+def test_token_and_datacenter_reach_the_agent(dev_agent: Client) -> None:
+    """What the CLI sends, seen by a small HTTP server standing in for the agent."""
+    seen: list[tuple[str, str | None]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers.get("X-Consul-Token")))
+            body = b"[]"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        addr = f"127.0.0.1:{server.server_address[1]}"
+        res = cli(
+            dev_agent, "catalog", "nodes", CONSUL_HTTP_ADDR=addr, CONSUL_HTTP_TOKEN="env-token"
+        )
+        assert res.returncode == 0, res.stderr
+        res = cli(
+            dev_agent,
+            "catalog",
+            "nodes",
+            "-token=flag-token",
+            "-datacenter=dc7",
+            "-stale",
+            CONSUL_HTTP_ADDR=f"http://{addr}",
+        )
+        assert res.returncode == 0, res.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [
+        ("/v1/catalog/nodes", "env-token"),
+        ("/v1/catalog/nodes?dc=dc7&stale", "flag-token"),
+    ]
+
+
+def test_monitor_streams_logs(dev_agent: Client) -> None:
+    env = {**os.environ, "CONSUL_HTTP_ADDR": dev_agent.base}
+    mon = subprocess.Popen(
+        [*proconsul(), "monitor", "-log-level=debug"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        ok(dev_agent, "reload")
+        assert mon.stdout is not None
+        deadline = time.monotonic() + 10
+        line = ""
+        while time.monotonic() < deadline and "reload" not in line:
+            line = mon.stdout.readline()
+        assert "reload" in line
+    finally:
+        mon.terminate()
+        mon.wait(timeout=10)
+
+
+def test_keyring_and_leave(tmp_path: Path) -> None:
+    """On an agent of its own: gossip key rotation through the CLI, then a graceful leave."""
+    key = subprocess.run([*proconsul(), "keygen"], capture_output=True, text=True).stdout.strip()
+    proc, agent = start_agent(tmp_path / "agent.log", "-encrypt", key, "-dns-port", "-1")
+    try:
+        listed = ok(agent, "keyring", "-list")
+        assert listed.startswith("==> Gathering installed encryption keys...\n")
+        assert f"  {key} [1/1]" in listed
+        new = ok(agent, "keygen").strip()
+        assert ok(agent, "keyring", "-install", new) == (
+            "==> Installing new gossip encryption key...\n"
+        )
+        ok(agent, "keyring", "-use", new)
+        ok(agent, "keyring", "-remove", key)
+        listed = ok(agent, "keyring", "-list")
+        assert new in listed and key not in listed
+        assert new in ok(agent, "keyring", "-list-primary")
+        res = cli(agent, "keyring", "-remove", new)
+        assert res.returncode == 1 and res.stderr.startswith("error: ")
+        assert "\n" not in res.stderr.strip()
+        assert ok(agent, "leave") == "Graceful leave complete\n"
+        assert proc.wait(timeout=20) == 0
+    finally:
+        stop_agent(proc)

@@ -328,3 +328,23 @@ def test_every_command_refuses_unknown_flags(name: str) -> None:
     out, err = io.StringIO(), io.StringIO()
     assert dispatch([*name.split(), "-no-such-flag"], out, err) == 1
     assert err.getvalue() == "flag provided but not defined: -no-such-flag\n"
+
+
+def test_progress_reports_only_long_transfers() -> None:
+    from server.clicmd.snapshot import Progress
+
+    quiet = io.StringIO()
+    p = Progress(quiet, "Saving snapshot", delay=60)
+    p.update(1000)
+    p.finish()
+    assert quiet.getvalue() == ""
+    shown = io.StringIO()
+    p = Progress(shown, "Restoring snapshot", total=4000, delay=0, interval=0)
+    p.update(1000)
+    p.update(3000)
+    p.finish()
+    assert shown.getvalue().splitlines() == [
+        "Restoring snapshot: 1.0 kB of 4.0 kB (25%)",
+        "Restoring snapshot: 4.0 kB of 4.0 kB (100%)",
+        "Restoring snapshot: 4.0 kB of 4.0 kB (100%)",
+    ]
