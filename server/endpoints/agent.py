@@ -488,7 +488,7 @@ class AgentLocal:
     def __init__(self, ctx: ServerContext, local: LocalState) -> None:
         self.ctx = ctx
         self.local = local
-        self.runners = CheckRunners(local)
+        self.runners = CheckRunners(local, ctx)
         self.node_in_sync = False
         self._lock = asyncio.Lock()
         self._trigger: asyncio.Event | None = None
