@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from server.clicmd.api import APIError
-from server.clicmd.base import Command, Context, Fail, columnize, register
+from server.clicmd.base import Command, Context, Fail, columnize, register, sigterm_as_interrupt
 from server.clicmd.flags import FlagSet
 
 __all__ = ["format_members", "member_status"]
@@ -329,6 +329,7 @@ Usage: consul monitor [options]
 
     def run(self, ctx: Context) -> int:
         params: dict[str, Any] = {"loglevel": ctx["log-level"], "logjson": ctx["log-json"]}
+        sigterm_as_interrupt()
         try:
             pieces = ctx.client.stream("GET", "/v1/agent/monitor", params, dc=False, chunk=4096)
             for piece in pieces:

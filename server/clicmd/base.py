@@ -20,7 +20,21 @@ __all__ = [
     "columnize",
     "register",
     "run_command",
+    "sigterm_as_interrupt",
 ]
+
+
+def sigterm_as_interrupt() -> None:
+    """Long-running commands (watch, monitor) stop on SIGTERM as on Ctrl-C, as Consul's
+    shutdown channel makes them."""
+    import contextlib
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread (tests)
+        signal.signal(signal.SIGTERM, handler)
 
 
 class Fail(Exception):

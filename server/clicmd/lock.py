@@ -123,8 +123,9 @@ class KVLock:
                 break
         return False
 
-    def monitor(self, lost: threading.Event, stop: threading.Event) -> None:
-        """Sets ``lost`` when the key is no longer held by our session."""
+    def monitor(self, lost: threading.Event, stop: threading.Event, retries: int = 3) -> None:
+        """Sets ``lost`` when the key is no longer held by our session (after ``retries``
+        failed reads in a row, a second apart, as ``-monitor-retry`` asks)."""
         assert self.session is not None
         sid = self.session.id
         index = 0
@@ -136,7 +137,7 @@ class KVLock:
                 failures = 0
             except APIError:
                 failures += 1
-                if failures > 3:
+                if failures > retries:
                     lost.set()
                     return
                 stop.wait(1.0)
@@ -246,15 +247,21 @@ class Semaphore:
             index = 0
         return False
 
-    def monitor(self, lost: threading.Event, stop: threading.Event) -> None:
+    def monitor(self, lost: threading.Event, stop: threading.Event, retries: int = 3) -> None:
         assert self.session is not None
         sid = self.session.id
         index = 0
+        failures = 0
         while not stop.is_set():
             try:
                 index, pairs = self._read(index, 5.0)
                 _, doc = self._decode(pairs)
+                failures = 0
             except (APIError, LockError):
+                failures += 1
+                if failures > retries:
+                    lost.set()
+                    return
                 stop.wait(1.0)
                 continue
             if sid not in doc["Holders"] or self.session.lost.is_set():
@@ -401,7 +408,8 @@ Usage: consul lock [options] prefix child...
                 ctx.err(f"Lock not acquired within {format_duration(timeout)}")
             raise Fail("Shutdown triggered or timeout during lock acquisition")
         lost = threading.Event()
-        watcher = threading.Thread(target=locker.monitor, args=(lost, stop), daemon=True)
+        retries = max(ctx["monitor-retry"], 0)
+        watcher = threading.Thread(target=locker.monitor, args=(lost, stop, retries), daemon=True)
         watcher.start()
         if verbose:
             ctx.out("Lock acquisition succeeded, starting child")

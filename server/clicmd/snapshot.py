@@ -16,7 +16,7 @@ from server.clicmd.api import APIError
 from server.clicmd.base import Command, Context, Fail, columnize, register
 from server.clicmd.flags import FlagSet
 
-__all__ = ["Progress", "format_inspect", "human_bytes", "inspect_archive"]
+__all__ = ["Progress", "format_inspect", "human_bytes", "inspect_archive", "kv_details"]
 
 
 def human_bytes(n: float) -> str:
@@ -280,6 +280,35 @@ def inspect_archive(archive: bytes) -> tuple[dict[str, Any], list[tuple[str, int
     return meta, rows
 
 
+def kv_details(archive: bytes, depth: int, prefix: str) -> list[tuple[str, int, int]]:
+    """Consul's ``-kvdetails``: KV entries counted by their key cut to ``depth`` segments,
+    only keys under ``prefix``; largest first."""
+    _, state = _verify(archive)
+    document = orjson.loads(state)
+    totals: dict[str, list[int]] = {}
+    rows = document.get("kvs") if isinstance(document, dict) else None
+    for row in rows or []:
+        key = str(row[0])
+        if prefix and not key.startswith(prefix):
+            continue
+        name = "/".join(key.split("/")[: max(depth, 1)])
+        entry = totals.setdefault(name, [0, 0])
+        entry[0] += 1
+        entry[1] += len(orjson.dumps(row))
+    out = [(k, v[0], v[1]) for k, v in totals.items()]
+    out.sort(key=lambda r: (-r[2], r[0]))
+    return out
+
+
+def _table(title: str, rows: list[tuple[str, int, int]]) -> str:
+    table: list[list[str]] = [[f" {title}", "Count", "Size"], [" ----", "----", "----"]]
+    for name, count, size in rows:
+        table.append([f" {name}", str(count), human_bytes(size)])
+    table.append([" ----", "----", "----"])
+    table.append([" Total", "", human_bytes(sum(r[2] for r in rows))])
+    return columnize(table, glue="      ")
+
+
 def format_inspect(meta: dict[str, Any], rows: list[tuple[str, int, int]]) -> str:
     head = columnize(
         [
@@ -291,12 +320,7 @@ def format_inspect(meta: dict[str, Any], rows: list[tuple[str, int, int]]) -> st
         ],
         glue="       ",
     )
-    table: list[list[str]] = [[" Type", "Count", "Size"], [" ----", "----", "----"]]
-    for name, count, size in rows:
-        table.append([f" {name}", str(count), human_bytes(size)])
-    table.append([" ----", "----", "----"])
-    table.append([" Total", "", human_bytes(sum(r[2] for r in rows))])
-    return head + "\n\n" + columnize(table, glue="      ")
+    return head + "\n\n" + _table("Type", rows)
 
 
 @register
@@ -318,12 +342,28 @@ Usage: consul snapshot inspect [options] FILE
 
     def setup(self, fs: FlagSet) -> None:
         fs.string("format", "pretty", "Output format {pretty|json}")
+        fs.boolean(
+            "kvdetails",
+            help="Provides a detailed KV space usage breakdown for any KV data that's been stored.",
+        )
+        fs.integer(
+            "kvdepth",
+            2,
+            "Can only be used with -kvdetails. The key prefix depth used to breakdown KV store data. Defaults to 2.",
+        )
+        fs.string(
+            "kvfilter",
+            "",
+            "Can only be used with -kvdetails. Limits KV key breakdown using this prefix filter.",
+        )
 
     def run(self, ctx: Context) -> int:
         if not ctx.args:
             raise Fail("Missing FILE argument")
         if len(ctx.args) > 1:
             raise Fail(f"Too many arguments (expected 1, got {len(ctx.args)})")
+        if (ctx.fs.was_set("kvdepth") or ctx["kvfilter"]) and not ctx["kvdetails"]:
+            raise Fail("Error: -kvdepth and -kvfilter can only be used with -kvdetails")
         if ctx["format"] not in ("pretty", "json"):
             raise Fail(f"Error outputting enhanced snapshot data: Unknown format: {ctx['format']}")
         try:
@@ -333,6 +373,7 @@ Usage: consul snapshot inspect [options] FILE
             raise Fail(f"Error opening snapshot file: {exc.strerror or exc}") from None
         try:
             meta, rows = inspect_archive(data)
+            kv_rows = kv_details(data, ctx["kvdepth"], ctx["kvfilter"]) if ctx["kvdetails"] else []
         except ValueError as exc:
             raise Fail(f"Error extracting snapshot data: {exc}") from None
         if ctx["format"] == "json":
@@ -341,7 +382,13 @@ Usage: consul snapshot inspect [options] FILE
                 "Stats": [{"Name": n, "Count": c, "Sum": s} for n, c, s in rows],
                 "TotalSize": sum(r[2] for r in rows),
             }
+            if ctx["kvdetails"]:
+                doc["StatsKV"] = [{"Name": n, "Count": c, "Sum": s} for n, c, s in kv_rows]
+                doc["TotalSizeKV"] = sum(r[2] for r in kv_rows)
             ctx.out(json.dumps(doc, indent=2))
         else:
-            ctx.out(format_inspect(meta, rows))
+            text = format_inspect(meta, rows)
+            if ctx["kvdetails"]:
+                text += "\n\n" + _table("Key Name", kv_rows)
+            ctx.out(text)
         return 0

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from server.clicmd.api import APIError, Client
-from server.clicmd.base import Command, Context, Fail, register
+from server.clicmd.base import Command, Context, Fail, register, sigterm_as_interrupt
 from server.clicmd.flags import FlagSet
 from server.clicmd.kv import go_json
 
@@ -230,6 +230,14 @@ Usage: consul watch [options] [child...]
             client.get("/v1/agent/self", dc=False)
         except APIError as exc:
             raise Fail(f"Error querying Consul agent: {exc}") from None
+        sigterm_as_interrupt()
+        try:
+            return self._loop(ctx, plan, client)
+        except KeyboardInterrupt:
+            return 0
+
+    def _loop(self, ctx: Context, plan: WatchPlan, client: Client) -> int:
+        kind = plan.kind
         handler = list(ctx.args)
         last_index = 0
         last_result: Any = _NOTHING

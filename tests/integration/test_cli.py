@@ -99,6 +99,10 @@ def test_snapshot_save_restore(dev_agent: Client, tmp_path: Path) -> None:
 
     inspect = ok(dev_agent, "snapshot", "inspect", str(path))
     assert " ID " in inspect and " Index " in inspect and "KVS" in inspect
+    details = ok(dev_agent, "snapshot", "inspect", "-kvdetails", "-kvfilter=snap", str(path))
+    assert [line.split()[:2] for line in details.splitlines() if " snap/" in line] == [
+        ["snap/k", "1"]
+    ]
 
     ok(dev_agent, "kv", "put", "snap/k", "after")
     ok(dev_agent, "kv", "put", "snap/new", "x")
