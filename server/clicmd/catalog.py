@@ -295,40 +295,17 @@ def to_api_keys(value: Any) -> Any:
 
 
 def services_from_files(paths: list[str]) -> list[dict[str, Any]]:
-    """Service definitions (``service {}`` / ``services []``) from JSON or HCL files, as the
-    agent's register API takes them."""
-    from server.config.load import ConfigError, Source, parse_source
+    """Service definitions (``service {}`` / ``services []``) from JSON or HCL config files,
+    loaded and validated as the agent loads its config (in dev mode, as Consul's
+    ``ServicesFromFiles`` does), in the agent register API's form."""
+    from server.config import ConfigError, LoadOptions, load
 
-    found: list[dict[str, Any]] = []
-    for path in paths:
-        if path.endswith(".json"):
-            fmt = "json"
-        elif path.endswith(".hcl"):
-            fmt = "hcl"
-        else:
-            raise Fail(
-                f"Error: Failed to decode config file {path!r}: file has an unsupported "
-                "extension (expected .json or .hcl)"
-            )
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise Fail(f"Error: Error reading {path}: {exc.strerror or exc}") from None
-        try:
-            parsed = parse_source(Source(path, fmt, text))
-        except ConfigError as exc:
-            raise Fail(f"Error: {exc}") from None
-        for key in ("service", "services"):
-            defs = parsed.get(key)
-            if isinstance(defs, dict):
-                defs = [defs]
-            for d in defs or []:
-                if isinstance(d, dict):
-                    found.append(to_api_keys(d))
-    if not found:
-        raise Fail("Error: No services found in the given config files")
-    return found
+    opts = LoadOptions(dev=True, config_files=list(paths), resolve_ports=False)
+    try:
+        config = load(opts, require_data_dir=False)
+    except ConfigError as exc:
+        raise Fail(f"Error: {exc}") from None
+    return [to_api_keys(dict(svc)) for svc in config.services]
 
 
 @register

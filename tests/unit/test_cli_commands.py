@@ -240,12 +240,17 @@ def test_services_register_flags_and_refusals(tmp_path: Path) -> None:
     )
     empty = tmp_path / "e.json"
     empty.write_text("{}")
-    assert run(["services", "register", str(empty)], c)[2] == (
-        "Error: No services found in the given config files\n"
-    )
+    assert run(["services", "register", str(empty)], c) == (0, "", "")
     bad = tmp_path / "bad.hcl"
     bad.write_text("service {")
-    assert run(["services", "register", str(bad)], c)[2].startswith(f"Error: {bad}: invalid HCL")
+    assert run(["services", "register", str(bad)], c)[2].startswith(
+        f"Error: config file {bad}: invalid HCL"
+    )
+    nameless = tmp_path / "nameless.json"
+    nameless.write_text('{"service": {"port": 80}}')
+    assert run(["services", "register", str(nameless)], c)[2] == (
+        f"Error: config file {nameless}: service definition: missing service name\n"
+    )
     assert run(["services", "deregister"], c)[2] == (
         "Service deregistration requires at least one argument or -id.\n"
     )
