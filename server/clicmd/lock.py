@@ -29,6 +29,8 @@ LOCK_FLAG_VALUE = 0x2DDCCBC058A50C18
 SEMAPHORE_FLAG_VALUE = 0xE0F69A2BAA414DE0
 SESSION_TTL = "15s"
 RETRY = 1.0
+#: Consul's ``lockKillGracePeriod``: SIGTERM, then SIGKILL after this long.
+LOCK_KILL_GRACE = 5.0
 
 
 class LockError(Exception):
@@ -375,6 +377,8 @@ Usage: consul lock [options] prefix child...
         if timeout < 0:
             raise Fail("Timeout must be positive")
         name = ctx["name"] or f"Consul lock for '{' '.join(child)}' at '{prefix}'"
+        if ctx["monitor-retry"] < 0:
+            raise Fail("Number for 'monitor-retry' must be >= 0")
         verbose = ctx["verbose"]
         client = ctx.client
         try:
@@ -411,8 +415,6 @@ Usage: consul lock [options] prefix child...
         retries = max(ctx["monitor-retry"], 0)
         watcher = threading.Thread(target=locker.monitor, args=(lost, stop, retries), daemon=True)
         watcher.start()
-        if verbose:
-            ctx.out("Lock acquisition succeeded, starting child")
         code = 0
         try:
             code = self._run_child(ctx, child, stop, lost)
@@ -433,9 +435,7 @@ Usage: consul lock [options] prefix child...
             except (APIError, LockError) as exc:
                 ctx.err(f"Lock cleanup failed: {exc}")
                 return 1
-        if code != 0 and ctx["child-exit-code"]:
-            return 2
-        return 0
+        return code if ctx["child-exit-code"] else 0
 
     @staticmethod
     def _install_signals(stop: threading.Event) -> None:
@@ -449,40 +449,55 @@ Usage: consul lock [options] prefix child...
     def _run_child(
         self, ctx: Context, child: list[str], stop: threading.Event, lost: threading.Event
     ) -> int:
+        """Run the child until it exits (2 when it failed, as Consul's ``childCode``) or the
+        lock is lost or a shutdown asked (SIGTERM, then SIGKILL after a grace period; 0)."""
+        verbose = ctx["verbose"]
+        if verbose:
+            ctx.out("Starting handler")
         if ctx["shell"]:
             argv = [os.environ.get("SHELL") or "/bin/sh", "-c", " ".join(child)]
         else:
             argv = child
+        env = dict(os.environ, CONSUL_LOCK_HELD="true")
+        if ctx["pass-stdin"] and verbose:
+            ctx.out("Stdin passed to handler process")
         ctx.stdout.flush()
         try:
-            proc = subprocess.Popen(argv, stdin=None if ctx["pass-stdin"] else subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                argv, stdin=None if ctx["pass-stdin"] else subprocess.DEVNULL, env=env
+            )
         except OSError as exc:
             ctx.err(f"Error starting handler: {exc}")
-            return 1
+            return 2
         while True:
             code = proc.poll()
             if code is not None:
                 if code != 0:
-                    if ctx["verbose"]:
-                        ctx.err(f"Child error: exit status {code}")
-                else:
-                    if ctx["verbose"]:
-                        ctx.out("Child terminated, releasing lock")
-                return code
+                    ctx.err(f"Error running handler: exit status {code}")
+                if verbose:
+                    ctx.out("Child terminated, releasing lock")
+                return 2 if code != 0 else 0
             if stop.is_set() or lost.is_set():
-                if ctx["verbose"]:
+                if verbose:
                     ctx.out(
                         "Lock lost, killing child"
                         if lost.is_set()
                         else "Shutdown triggered, killing child"
                     )
+                    ctx.out(f"Terminating child pid {proc.pid}")
                 proc.send_signal(signal.SIGTERM)
                 try:
-                    proc.wait(timeout=5)
+                    proc.wait(timeout=LOCK_KILL_GRACE)
+                    if verbose:
+                        ctx.out("Child terminated")
                 except subprocess.TimeoutExpired:
+                    if verbose:
+                        ctx.out(
+                            "Child did not exit after grace period of "
+                            f"{format_duration(LOCK_KILL_GRACE)}"
+                        )
+                        ctx.out(f"Killing child pid {proc.pid}")
                     proc.kill()
                     proc.wait()
-                if ctx["verbose"]:
-                    ctx.out("Child terminated")
-                return proc.returncode or 1
+                return 0
             time.sleep(0.05)
