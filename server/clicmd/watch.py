@@ -59,7 +59,7 @@ def make_plan(kind: str, fs: FlagSet) -> WatchPlan:
     name = fs["name"]
     passing = fs["passingonly"]
     if kind not in WATCH_TYPES:
-        raise Fail(f"Error parsing watch: Unsupported watch type: {kind}")
+        raise Fail(f"Unsupported watch type: {kind}")
 
     def extra(allowed: set[str]) -> None:
         given = {
@@ -73,12 +73,12 @@ def make_plan(kind: str, fs: FlagSet) -> WatchPlan:
         }
         for flag, present in given.items():
             if present and flag not in allowed:
-                raise Fail(f"Error parsing watch: Invalid parameters: [{flag}]")
+                raise Fail(f"Invalid parameters: [{flag}]")
 
     if kind == "key":
         extra({"key"})
         if not key:
-            raise Fail("Error parsing watch: Must specify a single key to watch")
+            raise Fail("Must specify a single key to watch")
 
         def fetch_key(client: Client, index: int) -> tuple[int, Any]:
             resp = client.get("/v1/kv/" + quote(key, safe="/"), _blocking(index), allow=(404,))
@@ -91,7 +91,7 @@ def make_plan(kind: str, fs: FlagSet) -> WatchPlan:
     if kind == "keyprefix":
         extra({"prefix"})
         if not prefix:
-            raise Fail("Error parsing watch: Must specify a single prefix to watch")
+            raise Fail("Must specify a single prefix to watch")
 
         def fetch_prefix(client: Client, index: int) -> tuple[int, Any]:
             params = {"recurse": True, **_blocking(index)}
@@ -118,7 +118,7 @@ def make_plan(kind: str, fs: FlagSet) -> WatchPlan:
     if kind == "service":
         extra({"service", "tag", "passingonly"})
         if not service:
-            raise Fail("Error parsing watch: Must specify a single service to watch")
+            raise Fail("Must specify a single service to watch")
 
         def fetch_service(client: Client, index: int) -> tuple[int, Any]:
             params: dict[str, Any] = {"tag": tags, "passing": passing, **_blocking(index)}
@@ -129,7 +129,7 @@ def make_plan(kind: str, fs: FlagSet) -> WatchPlan:
     if kind == "checks":
         extra({"service", "state"})
         if service and state:
-            raise Fail("Error parsing watch: Cannot specify service and state")
+            raise Fail("Cannot specify service and state")
         path = (
             "/v1/health/checks/" + quote(service, safe="")
             if service
@@ -220,7 +220,10 @@ Usage: consul watch [options] [child...]
         if raw_passing:
             low = raw_passing.lower()
             if low not in ("1", "t", "true", "0", "f", "false"):
-                raise Fail(f"Failed to parse passingonly flag: {raw_passing}")
+                raise Fail(
+                    "Failed to parse passingonly flag: strconv.ParseBool: parsing "
+                    f'"{raw_passing}": invalid syntax'
+                )
             ctx.fs.values["passingonly"] = low in ("1", "t", "true")
         else:
             ctx.fs.values["passingonly"] = False

@@ -289,7 +289,7 @@ def test_event_and_maint(dev_agent: Client) -> None:
         (("kv", "get"), "Error! Missing KEY argument"),
         (("members", "-status"), "flag needs an argument: -status"),
         (("snapshot", "save"), "Missing FILE argument"),
-        (("watch", "-type=nope"), "Error parsing watch: Unsupported watch type: nope"),
+        (("watch", "-type=nope"), "Unsupported watch type: nope"),
         (("lock", "only-prefix"), "Key prefix and child command must be specified"),
         (
             ("operator", "raft", "remove-peer"),

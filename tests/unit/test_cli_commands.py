@@ -375,20 +375,12 @@ def test_autopilot_set_config_cas() -> None:
 def test_watch_refusals() -> None:
     c = FakeClient()
     assert run(["watch"], c)[2] == "Watch type must be specified\n"
-    assert run(["watch", "-type=key"], c)[2] == (
-        "Error parsing watch: Must specify a single key to watch\n"
-    )
-    assert run(["watch", "-type=keyprefix"], c)[2] == (
-        "Error parsing watch: Must specify a single prefix to watch\n"
-    )
-    assert run(["watch", "-type=service"], c)[2] == (
-        "Error parsing watch: Must specify a single service to watch\n"
-    )
-    assert run(["watch", "-type=nodes", "-key=x"], c)[2] == (
-        "Error parsing watch: Invalid parameters: [key]\n"
-    )
+    assert run(["watch", "-type=key"], c)[2] == ("Must specify a single key to watch\n")
+    assert run(["watch", "-type=keyprefix"], c)[2] == ("Must specify a single prefix to watch\n")
+    assert run(["watch", "-type=service"], c)[2] == ("Must specify a single service to watch\n")
+    assert run(["watch", "-type=nodes", "-key=x"], c)[2] == ("Invalid parameters: [key]\n")
     assert run(["watch", "-type=service", "-service=x", "-passingonly=maybe"], c)[2] == (
-        "Failed to parse passingonly flag: maybe\n"
+        'Failed to parse passingonly flag: strconv.ParseBool: parsing "maybe": invalid syntax\n'
     )
 
 
