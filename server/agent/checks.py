@@ -92,9 +92,12 @@ __all__ = [
     "decode_health_response",
     "encode_health_request",
     "grpc_error_text",
+    "grpc_result",
+    "h2_ping",
     "http_status_for",
     "output_limit",
     "truncate_output",
+    "udp_result",
 ]
 
 log = structlog.get_logger("checks")
@@ -428,29 +431,40 @@ class UDPRunner(_Runner):
     async def probe(self) -> tuple[str, str]:
         target = self.ct.udp
         timeout = self.ct.timeout or UDP_DEFAULT_TIMEOUT
-        success = f"UDP connect {target}: Success"
         loop = asyncio.get_running_loop()
+        sock: socket.socket | None = None
         try:
             host, port = _split_host_port(target)
-            transport, proto = await loop.create_datagram_endpoint(
-                _UDPProbe, remote_addr=(host, port)
-            )
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            family, kind, proto_no, _, addr = infos[0]
+            sock = socket.socket(family, kind, proto_no)
+            sock.setblocking(False)
+            sock.connect(addr)
+            # asyncio's transports drop empty datagrams: send Consul's (empty) message here.
+            sock.send(b"")
+            transport, proto = await loop.create_datagram_endpoint(_UDPProbe, sock=sock)
         except (OSError, ValueError) as exc:
+            if sock is not None:
+                sock.close()
             return CRITICAL, _dial_error("udp", target, exc)
         try:
             local = transport.get_extra_info("sockname")
             peer = transport.get_extra_info("peername")
-            transport.sendto(b"")
-            try:
+            error: Exception | None = None
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     error = await proto.result
-            except TimeoutError:
-                return PASSING, success
-            if error is None:
-                return PASSING, success
-            return CRITICAL, (f"read udp {_addr(local)}->{_addr(peer)}: read: {_os_reason(error)}")
+            return udp_result(target, error, local, peer)
         finally:
             transport.close()
+
+
+def udp_result(target: str, error: Exception | None, local: Any, peer: Any) -> tuple[str, str]:
+    """A UDP check's outcome: ``error`` is what came back on the socket within the timeout
+    (None for a reply or silence, both passing)."""
+    if error is None:
+        return PASSING, f"UDP connect {target}: Success"
+    return CRITICAL, f"read udp {_addr(local)}->{_addr(peer)}: read: {_os_reason(error)}"
 
 
 def _addr(sockaddr: Any) -> str:
@@ -614,11 +628,15 @@ class GRPCRunner(_Runner):
             return CRITICAL, grpc_error_text(exc.code(), exc.details())
         finally:
             await channel.close()
-        status = decode_health_response(bytes(reply))
-        if status != 1:
-            name = SERVING_STATUS.get(status, str(status))
-            return CRITICAL, f"gRPC {target} serving status: {name}"
-        return PASSING, f"gRPC check {target}: success"
+        return grpc_result(target, decode_health_response(bytes(reply)))
+
+
+def grpc_result(target: str, serving_status: int) -> tuple[str, str]:
+    """A gRPC check's outcome for the ``ServingStatus`` the server answered."""
+    if serving_status != 1:
+        name = SERVING_STATUS.get(serving_status, str(serving_status))
+        return CRITICAL, f"gRPC {target} serving status: {name}"
+    return PASSING, f"gRPC check {target}: success"
 
 
 # --- H2PING -------------------------------------------------------------------------------
