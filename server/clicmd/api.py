@@ -75,6 +75,8 @@ class Client:
     token: str = ""
     datacenter: str = ""
     stale: bool = False
+    namespace: str = ""
+    partition: str = ""
     ca_file: str = ""
     ca_path: str = ""
     client_cert: str = ""
@@ -108,6 +110,10 @@ class Client:
             query.append(("dc", self.datacenter))
         if dc and self.stale:
             query.append(("stale", ""))
+        if dc and self.namespace:
+            query.append(("ns", self.namespace))
+        if dc and self.partition:
+            query.append(("partition", self.partition))
         for key, value in (params or {}).items():
             if value is None or value is False:
                 continue
@@ -262,6 +268,8 @@ def client_from_flags(fs: FlagSet) -> Client:
         token=token,
         datacenter=fs.values.get("datacenter") or "",
         stale=bool(fs.values.get("stale")),
+        namespace=fs.values.get("namespace") or os.environ.get("CONSUL_NAMESPACE", ""),
+        partition=fs.values.get("partition") or os.environ.get("CONSUL_PARTITION", ""),
         ca_file=fs.values.get("ca-file") or os.environ.get("CONSUL_CACERT", ""),
         ca_path=fs.values.get("ca-path") or os.environ.get("CONSUL_CAPATH", ""),
         client_cert=fs.values.get("client-cert") or os.environ.get("CONSUL_CLIENT_CERT", ""),

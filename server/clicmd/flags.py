@@ -279,6 +279,20 @@ def http_flags(fs: FlagSet, server: bool = True) -> None:
             "Name of the datacenter to query. If unspecified, this will default to the "
             "datacenter of the queried agent.",
         )
+        fs.string(
+            "namespace",
+            "",
+            "(Enterprise-only) Specifies the namespace to query. If not provided, the "
+            "namespace will be inferred from the request's ACL token, or will default to the "
+            "`default` namespace.",
+        )
+        fs.string(
+            "partition",
+            "",
+            "(Enterprise-only) Specifies the admin partition to query. If not provided, the "
+            "admin partition will be inferred from the request's ACL token, or will default "
+            "to the `default` admin partition.",
+        )
         fs.boolean(
             "stale",
             False,
