@@ -149,7 +149,9 @@ class Client:
         try:
             resp: HTTPResponse = urllib.request.urlopen(req, timeout=timeout, context=self._ssl())
         except urllib.error.HTTPError as err:
-            text = err.read().decode("utf-8", "replace").strip()
+            # One line, as every CLI error is (multi-errors arrive as several lines).
+            raw = err.read().decode("utf-8", "replace")
+            text = " ".join(line.strip() for line in raw.splitlines() if line.strip())
             if err.code == 404 and not text:
                 raise APIError(f"Unexpected response code: {err.code}", err.code, text) from None
             raise APIError(

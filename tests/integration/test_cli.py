@@ -323,6 +323,13 @@ def test_unreachable_agent_and_addresses(dev_agent: Client) -> None:
     assert res.stdout == "dc1\n"
     res = cli(dev_agent, "kv", "get", "-datacenter=nowhere", "x")
     assert one_line_error(res).startswith("Error querying Consul agent: Unexpected response code")
+    res = cli(dev_agent, "force-leave", "-prune", "no-such-node")
+    assert one_line_error(res).startswith("Error force leaving: Unexpected response code: 500")
+    res = cli(dev_agent, "keyring", "-list")  # gossip encryption is off: a multi-error
+    assert one_line_error(res).startswith("error: Unexpected response code: 500")
+    res = cli(dev_agent, "join", "127.0.0.1:1")
+    assert res.returncode == 1
+    assert res.stderr.splitlines()[-1] == "Failed to join any nodes."
     res = cli(dev_agent, "kv", "get", "-h")
     assert res.returncode == 0 and res.stdout.startswith("Usage: proconsul kv get")
 
