@@ -426,3 +426,44 @@ def test_keyring_and_leave(tmp_path: Path) -> None:
         assert proc.wait(timeout=20) == 0
     finally:
         stop_agent(proc)
+
+
+def test_snapshot_restore_into_fresh_agent(dev_agent: Client, tmp_path: Path) -> None:
+    """Issue 5's acceptance: a snapshot restored into a fresh agent gives the same KV and
+    catalog."""
+    ok(dev_agent, "kv", "put", "fresh/a", "1")
+    ok(dev_agent, "kv", "put", "-flags=3", "fresh/b", "2")
+    node = {"Node": "fresh-node", "Address": "10.9.9.9", "Service": {"Service": "freshsvc"}}
+    assert dev_agent.put_json("/v1/catalog/register", node).status == 200
+    path = tmp_path / "fresh.snap"
+    ok(dev_agent, "snapshot", "save", str(path))
+    kv = dev_agent.get("/v1/kv/?recurse").json()
+    services = dev_agent.get("/v1/catalog/services").json()
+    proc, fresh = start_agent(tmp_path / "fresh.log", "-dns-port", "-1")
+    try:
+        assert fresh.get("/v1/kv/fresh/a").status == 404
+        assert ok(fresh, "snapshot", "restore", str(path)) == "Restored snapshot\n"
+        assert fresh.get("/v1/kv/?recurse").json() == kv
+        assert ok(fresh, "kv", "get", "fresh/b") == "2\n"
+        assert fresh.get("/v1/catalog/services").json() == services
+        fresh_nodes = {n["Node"]: n["Address"] for n in fresh.get("/v1/catalog/nodes").json()}
+        assert fresh_nodes["fresh-node"] == "10.9.9.9"
+        assert ok(fresh, "catalog", "nodes", "-service=freshsvc").split()[4] == "fresh-node"
+    finally:
+        stop_agent(proc)
+
+
+def test_watch_views(dev_agent: Client) -> None:
+    entries = json.loads(ok(dev_agent, "watch", "-type=service", "-service=consul"))
+    assert entries[0]["Service"]["Service"] == "consul"
+    passing = json.loads(
+        ok(dev_agent, "watch", "-type=service", "-service=consul", "-passingonly=true")
+    )
+    assert len(passing) == len(entries)
+    checks = json.loads(ok(dev_agent, "watch", "-type=checks", "-state=passing"))
+    assert all(c["Status"] == "passing" for c in checks)
+    nodes = json.loads(ok(dev_agent, "watch", "-type=nodes"))
+    assert nodes and "Node" in nodes[0]
+    ok(dev_agent, "kv", "put", "cli-views/a", "x")
+    pairs = json.loads(ok(dev_agent, "watch", "-type=keyprefix", "-prefix=cli-views/"))
+    assert [p["Key"] for p in pairs] == ["cli-views/a"]
