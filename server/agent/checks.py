@@ -61,6 +61,7 @@ import contextlib
 import functools
 import os
 import random
+import signal
 import socket
 import ssl
 import struct
@@ -793,9 +794,16 @@ class ScriptRunner(_Runner):
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # Consul's Setpgid: the whole subtree is killed
             )
         except OSError as exc:
             return CRITICAL, truncate_output(f"Failed to start check: {exc}", out.size)
+
+        def kill() -> None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
 
         async def collect() -> None:
             assert proc.stdout is not None
@@ -807,8 +815,7 @@ class ScriptRunner(_Runner):
             async with asyncio.timeout(timeout):
                 await collect()
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            kill()
             with contextlib.suppress(Exception):
                 await proc.wait()
             msg = f"Timed out ({format_duration(timeout)}) running check"
@@ -817,8 +824,7 @@ class ScriptRunner(_Runner):
                 msg += "\n\n" + captured
             return CRITICAL, msg
         except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            kill()
             raise
         output = out.captured()
         code = proc.returncode

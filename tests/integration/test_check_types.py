@@ -7,6 +7,7 @@ handler, plaintext and TLS), UDP sockets, a hand-written HTTP/2 PING-acknowledgi
 from __future__ import annotations
 
 import datetime
+import http.server
 import ipaddress
 import socket
 import ssl
@@ -26,7 +27,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    proc, client = start_agent(tmp_path_factory.mktemp("agent") / "agent.log")
+    proc, client = start_agent(
+        tmp_path_factory.mktemp("agent") / "agent.log", "-enable-script-checks"
+    )
     try:
         yield client
     finally:
@@ -507,3 +510,61 @@ def test_long_outputs_are_cut_at_4k(agent: Client) -> None:
     assert check["Output"] == full[:4096] + note, check["Output"][-60:]
     deregister(agent, "al-long")
     assert agent.put_json("/v1/catalog/deregister", {"Node": "ext-node"}).status == 200
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_script_and_http_outputs_keep_their_last_4k(agent: Client, tmp_path: Path) -> None:
+    body = b"".join(b"%05d\n" % i for i in range(2000))  # 12000 bytes, distinct lines
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{web.server_address[1]}/big"
+    pidfile = tmp_path / "sleep.pid"
+    script = "i=0; while [ $i -lt 2000 ]; do printf '%05d\\n' $i; i=$((i+1)); done"
+    try:
+        register(agent, {"ID": "big-http", "Name": "big-http", "HTTP": url, "Interval": "1s"})
+        register(
+            agent,
+            {"ID": "big-sh", "Name": "big-sh", "Args": ["sh", "-c", script], "Interval": "1s"},
+        )
+        register(
+            agent,
+            {
+                "ID": "slow-sh",
+                "Name": "slow-sh",
+                "Args": ["sh", "-c", f"echo started; sleep 30 & echo $! > {pidfile}; wait"],
+                "Interval": "1s",
+                "Timeout": "300ms",
+            },
+        )
+        check = wait_status(agent, "big-http", "passing")
+        assert check["Output"] == f"HTTP GET {url}: 200 OK Output: " + body[-4096:].decode()
+        check = wait_status(agent, "big-sh", "passing")
+        assert check["Output"] == "Captured 4096 of 12000 bytes\n...\n" + body[-4096:].decode()
+        check = wait_status(agent, "slow-sh", "critical")
+        assert check["Output"] == "Timed out (300ms) running check\n\nstarted\n", check
+        # The script's whole process group was killed, its background child too.
+        pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip()))
+        assert wait_for(lambda: not alive(pid), 3), pid
+    finally:
+        web.shutdown()
+        web.server_close()
+        for cid in ("big-http", "big-sh", "slow-sh"):
+            deregister(agent, cid)
