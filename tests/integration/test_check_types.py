@@ -568,3 +568,63 @@ def test_script_and_http_outputs_keep_their_last_4k(agent: Client, tmp_path: Pat
         web.server_close()
         for cid in ("big-http", "big-sh", "slow-sh"):
             deregister(agent, cid)
+
+
+# --- alias of another node on a client agent ----------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_alias_node_check_on_a_client_agent(tmp_path: Path) -> None:
+    """A client agent has no catalog of its own: its alias check reads the node's checks
+    through its HTTP API, which relays the blocking query to a server."""
+    from helpers.cluster import ServerProc, free_ports, make_servers, proconsul
+
+    (server,) = make_servers(tmp_path, 1, expect=1)
+    http, serf = free_ports(2)
+    client = ServerProc("c1", http, 0, serf, tmp_path / "c1", tmp_path / "c1.log", args=[])
+    client.args = [
+        *proconsul(),
+        "agent",
+        "-node=c1",
+        f"-data-dir={client.data_dir}",
+        "-bind=127.0.0.1",
+        "-client=127.0.0.1",
+        f"-http-port={http}",
+        f"-serf-lan-port={serf}",
+        "-dns-port=-1",
+        f"-config-file={tmp_path / 'dev-timing.json'}",
+        f"-retry-join=127.0.0.1:{server.serf}",
+    ]
+    try:
+        server.start()
+        client.start()
+        srv, cli = Client(server.http), Client(http)
+
+        def leader() -> bool:
+            try:
+                return bool(cli.get("/v1/status/leader").json())
+            except (OSError, ValueError):
+                return False
+
+        assert wait_for(leader, 40), client.log.read_text()
+        catalog_register(srv, "passing")
+        register(
+            cli, {"ID": "al", "Name": "al", "AliasNode": "ext-node", "AliasService": "web-ext"}
+        )
+        assert wait_status(cli, "al", "passing", 15)["Output"] == "All checks passing."
+        catalog_register(srv, "critical", "down")
+        check = wait_status(cli, "al", "critical", 5)
+        assert check["Output"] == 'Aliased check "web ext" failing: down'
+        # Synced to the catalog from the client like its other checks.
+        assert wait_for(
+            lambda: any(
+                c["CheckID"] == "al" and c["Node"] == "c1"
+                for c in srv.get("/v1/health/state/critical").json()
+            ),
+            10,
+        )
+    finally:
+        client.terminate()
+        server.terminate()
+        client.kill()
+        server.kill()
