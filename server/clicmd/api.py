@@ -9,6 +9,7 @@ A non-2xx answer raises ``APIError`` with the ``api`` package's text
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -104,6 +105,14 @@ class Client:
             self._ctx = ctx
         return self._ctx
 
+    def opener(self) -> urllib.request.OpenerDirector:
+        """urllib's opener for this client: TLS with this client's CA and certificate, and
+        ``-tls-server-name`` as the SNI and verified name."""
+        ctx = self._ssl()
+        if ctx is None:
+            return urllib.request.build_opener()
+        return urllib.request.build_opener(_SNIHandler(ctx, self.tls_server_name))
+
     def url(self, path: str, params: Mapping[str, Any] | None = None, dc: bool = True) -> str:
         query: list[tuple[str, str]] = []
         if dc and self.datacenter:
@@ -144,10 +153,8 @@ class Client:
         req = urllib.request.Request(
             self.url(path, params, dc), data=body, method=method, headers=headers
         )
-        if self.tls_server_name:
-            req.add_header("Host", self.tls_server_name)
         try:
-            resp: HTTPResponse = urllib.request.urlopen(req, timeout=timeout, context=self._ssl())
+            resp: HTTPResponse = self.opener().open(req, timeout=timeout)
         except urllib.error.HTTPError as err:
             # One line, as every CLI error is (multi-errors arrive as several lines).
             raw = err.read().decode("utf-8", "replace")
@@ -227,6 +234,34 @@ class Client:
 
     def delete(self, path: str, params: Mapping[str, Any] | None = None, **kw: Any) -> Response:
         return self.request("DELETE", path, params, **kw)
+
+
+class _SNIConnection(http.client.HTTPSConnection):
+    server_name = ""
+
+    def connect(self) -> None:
+        if not self.server_name:
+            super().connect()
+            return
+        http.client.HTTPConnection.connect(self)
+        ctx: ssl.SSLContext = self._context  # type: ignore[attr-defined]
+        self.sock = ctx.wrap_socket(self.sock, server_hostname=self.server_name)
+
+
+class _SNIHandler(urllib.request.HTTPSHandler):
+    def __init__(self, context: ssl.SSLContext, server_name: str) -> None:
+        super().__init__(context=context)
+        self._sni_context = context
+        self._server_name = server_name
+
+    def https_open(self, req: urllib.request.Request) -> HTTPResponse:
+        name = self._server_name
+
+        class Conn(_SNIConnection):
+            server_name = name
+
+        response: HTTPResponse = self.do_open(Conn, req, context=self._sni_context)
+        return response
 
 
 def _dial_error(address: str, reason: object) -> str:

@@ -241,7 +241,7 @@ def client_open(req: Any, client: Any) -> None:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(req, timeout=600, context=client._ssl()) as resp:
+        with client.opener().open(req, timeout=600) as resp:
             resp.read()
     except urllib.error.HTTPError as err:
         text = err.read().decode("utf-8", "replace").strip()

@@ -467,3 +467,90 @@ def test_watch_views(dev_agent: Client) -> None:
     ok(dev_agent, "kv", "put", "cli-views/a", "x")
     pairs = json.loads(ok(dev_agent, "watch", "-type=keyprefix", "-prefix=cli-views/"))
     assert [p["Key"] for p in pairs] == ["cli-views/a"]
+
+
+def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https_with_ca_file_and_server_name(dev_agent: Client, tmp_path: Path) -> None:
+    """``https://`` addresses, ``-ca-file`` and ``-tls-server-name`` (the SNI and the name
+    verified), against a stand-in TLS agent."""
+    import ssl
+
+    cert, key = _self_signed(tmp_path, "agent.proconsul.test")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'["dc-tls"]'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        addr = f"https://127.0.0.1:{server.server_address[1]}"
+        res = cli(
+            dev_agent,
+            "catalog",
+            "datacenters",
+            f"-ca-file={cert}",
+            "-tls-server-name=agent.proconsul.test",
+            CONSUL_HTTP_ADDR=addr,
+        )
+        assert (res.returncode, res.stdout) == (0, "dc-tls\n"), res.stderr
+        res = cli(
+            dev_agent,
+            "catalog",
+            "datacenters",
+            CONSUL_HTTP_ADDR=addr,
+            CONSUL_CACERT=str(cert),
+            CONSUL_TLS_SERVER_NAME="agent.proconsul.test",
+        )
+        assert res.stdout == "dc-tls\n", res.stderr
+        # Without the server name the certificate does not match 127.0.0.1.
+        res = cli(dev_agent, "catalog", "datacenters", f"-ca-file={cert}", CONSUL_HTTP_ADDR=addr)
+        assert "certificate verify failed" in one_line_error(res)
+    finally:
+        server.shutdown()
+        server.server_close()
