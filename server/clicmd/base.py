@@ -139,13 +139,13 @@ def run_command(
         # An answer of an unexpected shape (not Consul's JSON): one line, no traceback.
         ctx.err(f"Error: unexpected answer from the agent ({type(exc).__name__}: {exc})")
         return 1
+    except BrokenPipeError:  # stdout closed (| head): nothing more to say
+        return 1
     except OSError as exc:
         ctx.err(f"Error: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return 1
 
 
 def columnize(rows: Sequence[Sequence[str]], glue: str = "  ") -> str:
@@ -166,15 +166,3 @@ def columnize(rows: Sequence[Sequence[str]], glue: str = "  ") -> str:
         ]
         lines.append("".join(parts))
     return "\n".join(lines)
-
-
-def expect_args(ctx: Context, count: int | tuple[int, int]) -> None:
-    """Consul's argument-count refusals."""
-    lo, hi = (count, count) if isinstance(count, int) else count
-    n = len(ctx.args)
-    if n > hi:
-        if hi == 0:
-            raise Fail(f"Too many arguments (expected 0, got {n})")
-        raise Fail(f"Too many arguments (expected {hi}, got {n})")
-    if n < lo:
-        raise Fail(f"Missing argument (expected {lo}, got {n})" if lo > 1 else "Missing argument")
