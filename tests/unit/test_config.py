@@ -585,11 +585,6 @@ def test_cli_unknown_flag_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert err.count("\n") == 1 and "-http-port" in err
 
 
-def test_cli_refuses_client_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["agent", "-data-dir", str(tmp_path)]) == 1
-    assert "client agents (server = false) are not available" in capsys.readouterr().err
-
-
 def test_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = write(tmp_path, "good.json", SUITE_DEV)
     d = tmp_path / "d"
