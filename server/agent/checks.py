@@ -15,7 +15,8 @@ Consul's behaviour kept:
   ``HTTP GET <url>: 200 OK Output: <body>`` keeping the last 4 KiB of the body (Consul reads
   it into a circular buffer); default timeout 10 s.
 * TCP: a connect within the timeout (default 10 s) is passing
-  (``TCP connect <addr>: Success``), else critical with Go's dial error.
+  (``TCP connect <addr>: Success``; with ``TCPUseTLS`` a TLS handshake too,
+  ``TCP+TLS connect <addr>: Success``), else critical with Go's dial error.
 * UDP: an (empty) datagram is sent to the address; an error coming back within the timeout
   (default 10 s) — an ICMP port unreachable shows as ``read udp a->b: read: connection
   refused`` — is critical; a reply, or silence until the timeout, is passing
@@ -394,19 +395,39 @@ class HTTPRunner(_Runner):
             return CRITICAL, truncate_output(f'{verb} "{ct.http}": {exc}')
 
 
+def _client_tls(ct: CheckType, alpn: list[str] | None = None) -> ssl.SSLContext:
+    """Consul's ``OutgoingTLSConfigForCheck``: system roots, ``TLSSkipVerify``."""
+    ctx = ssl.create_default_context()
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    if ct.tls_skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class TCPRunner(_Runner):
+    """A connect (a TLS handshake too with ``TCPUseTLS``) within the timeout."""
+
     async def probe(self) -> tuple[str, str]:
         target = self.ct.tcp
+        tls = _client_tls(self.ct) if self.ct.tcp_use_tls else None
         try:
             host, port = _split_host_port(target)
             async with asyncio.timeout(self.ct.timeout or TCP_DEFAULT_TIMEOUT):
-                _reader, writer = await asyncio.open_connection(host, port)
+                _reader, writer = await asyncio.open_connection(
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=(self.ct.tls_server_name or host) if tls else None,
+                )
         except (OSError, ValueError, TimeoutError) as exc:
             return CRITICAL, _dial_error("tcp", target, exc)
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
-        return PASSING, f"TCP connect {target}: Success"
+        kind = "TCP+TLS" if tls else "TCP"
+        return PASSING, f"{kind} connect {target}: Success"
 
 
 class _UDPProbe(asyncio.DatagramProtocol):
@@ -738,13 +759,7 @@ class H2PingRunner(_Runner):
     async def probe(self) -> tuple[str, str]:
         target = self.ct.h2ping
         timeout = self.ct.timeout or H2PING_DEFAULT_TIMEOUT
-        ssl_ctx: ssl.SSLContext | None = None
-        if self.ct.h2ping_use_tls:
-            ssl_ctx = ssl.create_default_context()
-            ssl_ctx.set_alpn_protocols(["h2"])
-            if self.ct.tls_skip_verify:
-                ssl_ctx.check_hostname = False
-                ssl_ctx.verify_mode = ssl.CERT_NONE
+        ssl_ctx = _client_tls(self.ct, ["h2"]) if self.ct.h2ping_use_tls else None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:

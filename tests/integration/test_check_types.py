@@ -628,3 +628,38 @@ def test_alias_node_check_on_a_client_agent(tmp_path: Path) -> None:
         server.terminate()
         client.kill()
         server.kill()
+
+
+def test_tcp_check_with_tls(agent: Client, tls_files: tuple[Path, Path]) -> None:
+    server = H2AckServer(tls_files)
+    target = f"127.0.0.1:{server.port}"
+    try:
+        register(
+            agent,
+            {
+                "ID": "tls-vfy",
+                "Name": "tls-vfy",
+                "TCP": target,
+                "TCPUseTLS": True,
+                "Interval": "1s",
+            },
+        )
+        check = wait_status(agent, "tls-vfy", "critical")
+        assert check["Output"].startswith("tls: failed to verify certificate: x509:"), check
+        register(
+            agent,
+            {
+                "ID": "tls-skip",
+                "Name": "tls-skip",
+                "TCP": target,
+                "TCPUseTLS": True,
+                "TLSSkipVerify": True,
+                "Interval": "1s",
+            },
+        )
+        check = wait_status(agent, "tls-skip", "passing")
+        assert check["Output"] == f"TCP+TLS connect {target}: Success"
+    finally:
+        server.close()
+        deregister(agent, "tls-vfy")
+        deregister(agent, "tls-skip")
