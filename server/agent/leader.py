@@ -2,7 +2,9 @@
 
 * **Reconcile serf members into the catalog**: every LAN member is a catalog node with a
   ``serfHealth`` check — passing ("Agent alive and reachable") while alive, critical ("Agent not
-  live or unreachable") once failed; a member that left (or was reaped) is deregistered.
+  live or unreachable") once failed; a member that left, or that serf reaped, is deregistered.
+  A node serf simply does not know (yet) is left alone: after a restart, members reappear as
+  they gossip, and removing them meanwhile would destroy their sessions and locks.
   Servers also get the ``consul`` service (port = server RPC port). Reconciles run on every
   serf member event and every ``RECONCILE_INTERVAL`` (60 s, Consul's), and at once on gaining
   leadership. Nodes already registered with the right address and check status are not
@@ -23,6 +25,7 @@ from typing import Any
 import structlog
 
 from gossip.node import MemberInfo
+from gossip.serf import MemberEvent, MemberEventKind
 from raft.core.types import Suffrage
 from server.agent.serf_lan import ServerInfo
 from server.commands.types import MessageType
@@ -46,6 +49,10 @@ class LeaderDuties:
         self.ctx = ctx
         self._task: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
+        #: Members serf reaped (forgot after reconnect_timeout/tombstone_timeout): only these
+        #: are deregistered as "reaped". A member serf merely has not heard of yet (after a
+        #: restart) is never removed.
+        self._reaped: set[str] = set()
 
     async def start(self) -> None:
         self.ctx.event_listeners.append(self._on_serf_event)
@@ -62,6 +69,8 @@ class LeaderDuties:
             await self._stop_loop()
 
     def _on_serf_event(self, event: object) -> None:
+        if isinstance(event, MemberEvent) and event.kind == MemberEventKind.REAP:
+            self._reaped.update(m.name for m in event.members)
         self._dirty.set()
 
     async def _stop_loop(self) -> None:
@@ -99,10 +108,11 @@ class LeaderDuties:
                 await self._deregister_member(member)
             await self._reconcile_raft(member)
         await self._cleanup_dead_servers(members)
-        # Catalog nodes that carry a serfHealth check but no longer have a member: reaped.
-        for node in self._serf_nodes():
-            if node not in known and node != self.ctx.config.node_name:
+        # Members serf reaped and that are not back: deregistered (Consul's reconcileReaped).
+        for node in sorted(self._reaped - known):
+            if node != self.ctx.config.node_name and node in self._serf_nodes():
                 await self.ctx.apply(MessageType.DEREGISTER, {"Node": node})
+        self._reaped.clear()
 
     # --- catalog -----------------------------------------------------------------------
 

@@ -177,6 +177,8 @@ class Agent:
         self._leaving = False
         #: The process exit code: 1 after a fatal error (an unknown Raft command).
         self.exit_code = 0
+        #: Whether stopping leaves the LAN pool first (set from the signal that stops us).
+        self.leave_on_stop = False
 
     def _init_server(self, config: RuntimeConfig) -> None:
         """Raft, its storage and the server RPC service (servers only)."""
@@ -464,7 +466,7 @@ class Agent:
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
-        if self.serf is not None and not self._leaving:
+        if self.serf is not None and self.leave_on_stop and not self._leaving:
             self._leaving = True
             with contextlib.suppress(Exception):
                 await self.serf.leave(LEAVE_TIMEOUT)
@@ -488,11 +490,18 @@ class Agent:
                 await self.rpc_service.close()
         with contextlib.suppress(Exception):
             await self.leader_client.close()
+        await self.stop_raft()
+        log.info("agent_stopped", node=self.config.node_name)
+
+    async def stop_raft(self) -> None:
+        """Stop Raft and close its storage (idempotent; the SQLite worker thread would keep
+        the process alive otherwise)."""
         if self._raft_started:
+            self._raft_started = False
             await self.raft.stop()
         elif self._sqlite is not None:
-            await self._sqlite.close()
-        log.info("agent_stopped", node=self.config.node_name)
+            sqlite, self._sqlite = self._sqlite, None
+            await sqlite.close()
 
 
 async def run_agent(
@@ -509,8 +518,16 @@ async def run_agent(
                 await agent.stop()
         raise
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, agent.shutdown_requested.set)
+
+    def on_signal(leave: bool) -> None:
+        # Consul's leave_on_terminate (default: clients yes, servers no) and
+        # skip_leave_on_interrupt (default: clients no, servers yes): a server restarted by
+        # its supervisor stays in the Raft configuration; ``leave`` always leaves.
+        agent.leave_on_stop = agent.leave_on_stop or leave
+        agent.shutdown_requested.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_signal, config.leave_on_terminate)
+    loop.add_signal_handler(signal.SIGINT, on_signal, not config.skip_leave_on_interrupt)
 
     def on_hup() -> None:
         task = loop.create_task(agent.reload(), name="reload")
@@ -527,8 +544,12 @@ async def run_agent(
         Path(config.pid_file).write_text(f"{os.getpid()}\n")
     try:
         await agent.shutdown_requested.wait()
-        async with asyncio.timeout(10):
-            await agent.stop()
+        try:
+            async with asyncio.timeout(10):
+                await agent.stop()
+        except TimeoutError:
+            log.error("shutdown_timed_out")
+            await agent.stop_raft()
     finally:
         if config.pid_file:
             with contextlib.suppress(OSError):

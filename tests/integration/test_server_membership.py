@@ -1,7 +1,8 @@
 """Server membership driven by LAN serf, with real processes: three servers found the cluster
 with ``-bootstrap-expect 3``; the leader registers every member in the catalog (``serfHealth``,
 the ``consul`` service); a fourth server joins later and is promoted to voter once caught up; a
-server that leaves gracefully (SIGTERM) is removed from the Raft configuration and the catalog;
+server that leaves gracefully (``PUT /v1/agent/leave``) is removed from the Raft configuration and
+the catalog (SIGTERM alone keeps a server in the cluster, Consul's leave_on_terminate default);
 a server killed with SIGKILL turns critical and autopilot's dead-server cleanup removes it from
 Raft; writes keep working throughout."""
 
@@ -86,9 +87,12 @@ async def scenario(servers: list[ServerProc]) -> None:
         async with session.put(s4.base + "/v1/kv/through-s4", data=b"1") as resp:
             assert resp.status == 200 and await resp.json() is True
 
-        # A graceful leave removes it from Raft and from the catalog.
-        s4.terminate()
-        assert s4.proc is not None and s4.proc.returncode == 0
+        # A graceful leave (``consul leave``) removes it from Raft and from the catalog.
+        async with session.put(s4.base + "/v1/agent/leave") as resp:
+            assert resp.status == 200
+        assert s4.proc is not None
+        await eventually(lambda: _exited(s4), 15, "s4 to exit after leaving")
+        assert s4.proc.returncode == 0
         await eventually(
             lambda: _equals(raft_servers(session, s1), dict.fromkeys(["s1", "s2", "s3"], True)),
             30,
@@ -118,6 +122,10 @@ async def scenario(servers: list[ServerProc]) -> None:
         await wait_for_leader(session, survivors, 20)
         async with session.put(s2.base + "/v1/kv/after-cleanup", data=b"2") as resp:
             assert resp.status == 200 and await resp.json() is True
+
+
+async def _exited(s: ServerProc) -> bool:
+    return s.proc is not None and s.proc.poll() is not None
 
 
 async def _equals(value: Any, expected: Any) -> bool:
