@@ -437,6 +437,8 @@ class ServiceEntry:
     deleted: bool = False
     #: Registered as another service's ``connect.sidecar_service``: removed with it.
     sidecar_of: str = ""
+    #: ``LocalState.version`` at this entry's last change (see ``mark_synced``).
+    changed_at: int = 0
 
 
 @dataclass
@@ -450,6 +452,8 @@ class CheckEntry:
     deleted: bool = False
     #: When the check turned critical (the ``now`` clock), for DeregisterCriticalServiceAfter.
     critical_since: float | None = None
+    #: ``LocalState.version`` at this entry's last change (see ``mark_synced``).
+    changed_at: int = 0
 
 
 Listener = Callable[[str, str], None]
@@ -487,6 +491,11 @@ class LocalState:
 
     def _changed(self, kind: str, ident: str) -> None:
         self.version += 1
+        entry: ServiceEntry | CheckEntry | None = (
+            self.services.get(ident) if kind.startswith("service") else self.checks.get(ident)
+        )
+        if entry is not None:
+            entry.changed_at = self.version
         for listener in list(self.listeners):
             listener(kind, ident)
 
@@ -901,10 +910,16 @@ class LocalState:
             ops.append(("register", {"Check": copy.deepcopy(c.check)}, [], [cid]))
         return ops
 
-    def mark_synced(self, op: str, service_ids: list[str], check_ids: list[str]) -> None:
+    def mark_synced(
+        self, op: str, service_ids: list[str], check_ids: list[str], as_of: int | None = None
+    ) -> None:
+        """The write for these entries was applied. ``as_of`` is ``version`` when the write
+        was planned (``pending``): an entry changed since (a check that changed status while
+        the write was in flight, a service re-added while its deregistration was) stays out
+        of sync, so the next sync sends its new state instead of losing it."""
         for sid in service_ids:
             s = self.services.get(sid)
-            if s is None:
+            if s is None or (as_of is not None and s.changed_at > as_of):
                 continue
             if op == "deregister" and s.deleted:
                 del self.services[sid]
@@ -912,7 +927,7 @@ class LocalState:
                 s.in_sync = True
         for cid in check_ids:
             c = self.checks.get(cid)
-            if c is None:
+            if c is None or (as_of is not None and c.changed_at > as_of):
                 continue
             if op == "deregister" and c.deleted:
                 del self.checks[cid]
@@ -922,7 +937,11 @@ class LocalState:
             # A deregistered service takes its checks with it in the catalog.
             for sid in service_ids:
                 for cid, c in list(self.checks.items()):
-                    if c.deleted and c.check.get("ServiceID") == sid:
+                    if (
+                        c.deleted
+                        and c.check.get("ServiceID") == sid
+                        and (as_of is None or c.changed_at <= as_of)
+                    ):
                         del self.checks[cid]
 
 

@@ -434,11 +434,12 @@ class LocalPersistence:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.services_dir / _file_name(service_id))
 
-    def remove_check(self, check_id: str) -> None:
+    def remove_check(self, check_id: str, *, keep_state: bool = False) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.checks_dir / _file_name(check_id))
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.state_dir / _file_name(check_id))
+        if not keep_state:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.state_dir / _file_name(check_id))
 
     # --- reads ---
 
@@ -605,7 +606,8 @@ class AgentLocal:
             elif kind == "check-added":
                 check = self.local.checks.get(ident)
                 if self._not_persisted == "config" or check is None or check.deleted:
-                    store.remove_check(ident)
+                    # The configuration's definition wins; its last TTL status is kept.
+                    store.remove_check(ident, keep_state=True)
                 else:
                     store.save_check(check)
             elif kind == "check-removed":
@@ -708,6 +710,7 @@ class AgentLocal:
             return False
         async with self._lock:
             node = self._node_fields()
+            as_of = self.local.version
             ops = self.local.pending()
             if not ops and not self.node_in_sync:
                 ops = [("register", {}, [], [])]
@@ -726,7 +729,7 @@ class AgentLocal:
                     else:
                         log.warning("sync_failed", op=op, body=body, error=text)
                         return False
-                self.local.mark_synced(op, service_ids, check_ids)
+                self.local.mark_synced(op, service_ids, check_ids, as_of)
         return True
 
     def anti_entropy_diff(self) -> None:

@@ -202,3 +202,41 @@ async def test_ttl_status_set_through_the_api_is_restored_until_it_expires(
     third = boot(make_agent(tmp_path))
     assert third.local.check("service:a")["Status"] == CRITICAL  # type: ignore[index]
     assert not state.exists()
+
+
+async def test_ttl_status_of_a_config_check_is_restored(tmp_path: Path) -> None:
+    config = {"services": ({"name": "api", "check": {"id": "api-ttl", "ttl": "5m"}},)}
+    agent = boot(make_agent(tmp_path, **config))
+    agent.runners.start()
+    try:
+        await ttl_update(agent, "pass", "api-ttl")
+    finally:
+        agent.runners.stop()
+    again = boot(make_agent(tmp_path, **config))
+    assert again.local.check("api-ttl")["Status"] == PASSING  # type: ignore[index]
+
+
+def test_a_change_during_an_in_flight_sync_is_not_lost(tmp_path: Path) -> None:
+    """A check that changes status while the write registering its old status is in flight
+    stays out of sync (the next sync sends the new status)."""
+    agent = boot(make_agent(tmp_path))
+    api_register(agent, {"Name": "a", "Check": {"TTL": "10s"}})
+    local = agent.local
+    as_of = local.version
+    ops = local.pending()
+    assert [op for op, *_ in ops] == ["register"]
+    local.update_check("service:a", PASSING, "ok")  # meanwhile
+    for op, _, sids, cids in ops:
+        local.mark_synced(op, sids, cids, as_of)
+    assert local.services["a"].in_sync
+    assert not local.checks["service:a"].in_sync
+    ((op, body, _, _),) = local.pending()
+    assert body["Check"]["Status"] == PASSING
+    # A service removed and re-added while its deregistration is in flight is kept.
+    local.remove_service("a")
+    as_of = local.version
+    ops = local.pending()
+    api_register(agent, {"Name": "a", "Port": 5})
+    for op, _, sids, cids in ops:
+        local.mark_synced(op, sids, cids, as_of)
+    assert local.service("a") is not None and not local.services["a"].in_sync
