@@ -16,6 +16,8 @@ help:
 	@echo "make lint   ruff check, ruff format --check, mypy (strict) on raft/, gossip/ and server/"
 	@echo "make proto  regenerate proto/*_pb2*.py from proto/*.proto"
 	@echo "make bench  run bench/raft_bench.py and bench/kv_bench.py (vs etcd), bench/gossip_bench.py (gossip.sim)"
+	@echo "            and bench/register_bench.py (registrations/s through 3 client agents;"
+	@echo "            its arguments: REGISTER_BENCH_ARGS='--services 3000 --json')"
 	@echo "make venv   create .venv and install the project with its test and bench extras"
 	@echo "make clean  remove the venv, caches and build output"
 
@@ -74,6 +76,7 @@ bench: venv
 	$(PY) bench/raft_bench.py $(BENCH_ARGS)
 	$(PY) bench/kv_bench.py $(BENCH_ARGS)
 	$(PY) bench/gossip_bench.py
+	$(PY) bench/register_bench.py $(REGISTER_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis .benchmarks
