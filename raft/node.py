@@ -227,6 +227,16 @@ class RaftNode:
     def membership(self) -> Membership:
         return self.core.membership if self.core else Membership()
 
+    def last_contact(self) -> float | None:
+        """Seconds since this node last heard from its leader (0 on the leader; None with no
+        known leader). Accurate to one tick."""
+        core = self.core
+        if core is None or self._leader is None:
+            return None
+        if self._role == Role.LEADER:
+            return 0.0
+        return core.election_elapsed * self.timing.tick_seconds
+
     def leader_address(self) -> str | None:
         if self._leader is None or self.core is None:
             return None

@@ -82,7 +82,7 @@ async def _root(request: web.Request) -> web.Response:
 
 def build_app(ctx: ServerContext) -> web.Application:
     middlewares: list[Any] = [_errors, forward_middleware(ctx)]
-    app = web.Application(middlewares=middlewares, client_max_size=8 * 1024 * 1024)
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
     app.router.add_get("/", _root)
     for module in MODULES:
         module.register(app, ctx)

@@ -26,12 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
+from raft.core.types import NotLeader
 from raft.node import RaftNode
 from server.commands.types import MessageType
 from server.config.runtime import RuntimeConfig
@@ -112,6 +113,7 @@ class ServerContext:
         self.event_listeners: list[Callable[[object], None]] = []
         self._closed = False
         self._waiting: set[asyncio.Future[None]] = set()
+        self._outgoing: set[asyncio.Future[Any]] = set()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -123,11 +125,30 @@ class ServerContext:
         return self._closed
 
     def close(self) -> None:
-        """Answer every blocking query now (with its current result) and stop blocking."""
+        """Answer every blocking query now (with its current result), stop blocking, and
+        cancel requests in flight to other servers (a forwarded blocking query would
+        otherwise hold the shutdown for minutes)."""
         self._closed = True
         for fut in self._waiting:
             if not fut.done():
                 fut.set_result(None)
+        for task in list(self._outgoing):
+            task.cancel()
+
+    async def cancellable(self, call: Awaitable[T]) -> T:
+        """Await an RPC to another server; ``close()`` cancels it (answered as 503)."""
+        if self._closed:
+            raise HTTPError(503, "agent is shutting down")
+        task = asyncio.ensure_future(call)
+        self._outgoing.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if self._closed and task.cancelled():
+                raise HTTPError(503, "agent is shutting down") from None
+            raise
+        finally:
+            self._outgoing.discard(task)
 
     # --- state -------------------------------------------------------------------------
 
@@ -163,7 +184,10 @@ class ServerContext:
         deadline = loop.time() + self.config.rpc_hold_timeout
         while True:
             if raft.is_leader:
-                return await raft.propose(command)
+                try:
+                    return await raft.propose(command)
+                except NotLeader:
+                    pass  # lost leadership before the proposal was appended: retry
             leader = raft.leader_address()
             if leader and self.leader_rpc is not None:
                 try:
@@ -235,7 +259,19 @@ class ServerContext:
     def meta(self, index: int, consistency: str = "leader") -> QueryMeta:
         raft = self.raft
         known = raft is not None and raft.leader_id is not None
-        return QueryMeta(max(index, 1), known, 0, consistency)
+        contact = raft.last_contact() if raft is not None else None
+        # Consul: milliseconds since the leader was last heard from (0 on the leader).
+        last_ms = int((contact or 0.0) * 1000)
+        return QueryMeta(max(index, 1), known, last_ms, consistency)
+
+    def too_stale(self, max_stale: float) -> bool:
+        """``?stale&max_stale=D``: whether this server's view is older than D (or it knows no
+        leader); such a read must be answered by the leader."""
+        raft = self.raft
+        if raft is None or max_stale <= 0:
+            return False
+        contact = raft.last_contact()
+        return contact is None or contact > max_stale
 
     @staticmethod
     def headers(meta: QueryMeta) -> dict[str, str]:

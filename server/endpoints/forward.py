@@ -19,7 +19,7 @@ from aiohttp import web
 
 from proto import server_rpc_pb2 as pb
 from server.endpoints.context import ServerContext
-from server.endpoints.http import BODY_KEY, MAX_QUERY_WAIT, HTTPError
+from server.endpoints.http import BODY_KEY, MAX_QUERY_WAIT, HTTPError, parse_duration_param
 from server.rpc.errors import NotLeaderError, NotSentError
 from server.rpc.service import FORWARDED_HEADER
 
@@ -30,6 +30,17 @@ __all__ = ["FORWARDED_PREFIXES", "ORIGIN_NODE_HEADER", "forward_middleware"]
 ORIGIN_NODE_HEADER = "X-Proconsul-Origin-Node"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Deadline of a forwarded request that does not block (Consul's ``rpc_client_timeout``).
+RPC_CLIENT_TIMEOUT = 60.0
+
+
+def _deadline(request: web.Request) -> float:
+    """A blocking query may wait up to 10 min (+1/16 jitter); anything else gets 60 s."""
+    if "index" in request.query:
+        return MAX_QUERY_WAIT * 1.1 + 30
+    return RPC_CLIENT_TIMEOUT
+
 
 #: Paths answered by the leader. Everything else (``/v1/agent/``, ``/v1/status/``,
 #: ``/v1/event/``, keyring operations) is this agent's own business.
@@ -54,12 +65,19 @@ FORWARDED_PREFIXES = (
 _SKIP_BACK = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding"})
 
 
-def _needs_leader(request: web.Request) -> bool:
+def _needs_leader(ctx: ServerContext, request: web.Request) -> bool:
     if FORWARDED_HEADER in request.headers:
         return False
     if not request.path.startswith(FORWARDED_PREFIXES):
         return False
-    return not (request.method in ("GET", "HEAD") and "stale" in request.query)
+    if request.method in ("GET", "HEAD") and "stale" in request.query:
+        # A stale read is served here unless this server is more than max_stale behind.
+        try:
+            max_stale = parse_duration_param(request.query.get("max_stale", "0s"), "max_stale")
+        except HTTPError:
+            return False  # the handler answers the 400
+        return ctx.too_stale(max_stale)
+    return True
 
 
 #: What a client agent sends to a server: everything that needs the catalog or Raft.
@@ -91,7 +109,9 @@ async def _relay_to_servers(ctx: ServerContext, request: web.Request) -> web.Str
     while True:
         for address in pool.candidates():
             try:
-                reply = await rpc.forward_http(address, message, MAX_QUERY_WAIT * 1.1 + 30)
+                reply = await ctx.cancellable(
+                    rpc.forward_http(address, message, _deadline(request))
+                )
             except NotSentError:
                 pool.failed(address)
                 continue
@@ -119,7 +139,7 @@ def forward_middleware(
             if ctx.server_pool is not None and _client_needs_server(request):
                 return await _relay_to_servers(ctx, request)
             return await handler(request)
-        if raft.is_leader or ctx.leader_rpc is None or not _needs_leader(request):
+        if raft.is_leader or ctx.leader_rpc is None or not _needs_leader(ctx, request):
             return await handler(request)
         body = await request.read()
         request[BODY_KEY] = body  # if this server becomes leader meanwhile, it handles it
@@ -144,8 +164,8 @@ def forward_middleware(
             leader = raft.leader_address()
             if leader:
                 try:
-                    reply = await ctx.leader_rpc.forward_http(
-                        leader, message, MAX_QUERY_WAIT * 1.1 + 30
+                    reply = await ctx.cancellable(
+                        ctx.leader_rpc.forward_http(leader, message, _deadline(request))
                     )
                 except (NotLeaderError, NotSentError):
                     reply = None  # never acted on: look for the leader again until the deadline

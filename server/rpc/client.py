@@ -46,6 +46,11 @@ class LeaderClient:
                 options=[
                     ("grpc.max_send_message_length", _MAX_MESSAGE),
                     ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                    # A frozen or partitioned server is noticed in ~15 s, not at the deadline
+                    # (the Raft transport's server accepts these pings).
+                    ("grpc.keepalive_time_ms", 10_000),
+                    ("grpc.keepalive_timeout_ms", 5_000),
+                    ("grpc.keepalive_permit_without_calls", 1),
                 ],
             )
             entry = (channel, pb_grpc.ServerRPCStub(channel))  # type: ignore[no-untyped-call]
