@@ -71,6 +71,12 @@ async def scenario(servers: list[ServerProc]) -> None:
         assert await eventually(
             lambda: _equals(consul_instances(), {"s1", "s2", "s3"}), 20, "3 consul instances"
         )
+        # A follower's stale read says how long ago it heard from the leader.
+        for s in (s1, s2, s3):
+            async with session.get(s.base + "/v1/kv/none?stale") as resp:
+                assert resp.headers["X-Consul-KnownLeader"] == "true"
+                assert 0 <= int(resp.headers["X-Consul-LastContact"]) < 2000
+                assert resp.headers["X-Consul-Effective-Consistency"] == "stale"
         checks = await get_json(session, s1.base + "/v1/health/node/s3")
         serf = [c for c in checks if c["CheckID"] == "serfHealth"]
         assert serf and serf[0]["Status"] == "passing", checks
