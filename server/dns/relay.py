@@ -35,6 +35,7 @@ from server.dns.catalog import (
     PreparedAnswer,
     _same_address,
 )
+from server.endpoints.forward import ORIGIN_NODE_HEADER
 from server.state.sessions import parse_duration
 
 if TYPE_CHECKING:
@@ -47,9 +48,6 @@ __all__ = ["RelayCatalog"]
 READ_TIMEOUT = 2.0
 #: The whole read, over every server tried.
 TOTAL_TIMEOUT = 4.0
-
-#: Header the origin node name travels in (``server.endpoints.forward.ORIGIN_NODE_HEADER``).
-_ORIGIN_NODE_HEADER = "X-Proconsul-Origin-Node"
 
 
 class RelayCatalog:
@@ -95,7 +93,7 @@ class RelayCatalog:
             path_qs=path_qs,
             headers=[
                 pb.Header(name="Accept", value="application/json"),
-                pb.Header(name=_ORIGIN_NODE_HEADER, value=self.ctx.config.node_name),
+                pb.Header(name=ORIGIN_NODE_HEADER, value=self.ctx.config.node_name),
             ],
             body=b"",
             relay=True,
