@@ -41,7 +41,7 @@ peer (it was not measured here). Target: >= 1,000 services/s through the agents.
 
 ``--with-check`` gives each service a TTL check (``"Check": {"TTL": "10m", "Status":
 "passing"}``) on both paths. ``--profile DIR`` adds an extra agent round (not measured: sampling
-slows the processes) with ``py-spy record`` on the first client and on the leader, and writes
+slows the processes) with ``py-spy record`` on the first client, the leader and a follower, and writes
 the raw stacks and a summary (``bench/kv_bench.py``'s ``profile_summary``) into DIR.
 
 Caveats: the load generator, six agents and the poller share the machine's cores (2 on the CI
@@ -336,11 +336,13 @@ def measure(
 
 
 def profiled_round(dc: Datacenter, args: argparse.Namespace, out_dir: Path) -> list[str]:
-    """An extra agent round while py-spy samples the first client and the leader."""
+    """An extra agent round while py-spy samples the first client, the leader and a follower
+    (which relays a third of the clients' writes to the leader)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = [
         ("client", dc.clients[0].proc.pid),  # type: ignore[union-attr]
         ("leader", dc.leader.proc.pid),  # type: ignore[union-attr]
+        ("follower", dc.cluster.follower().proc.pid),  # type: ignore[union-attr]
     ]
     spies = []
     for role, pid in targets:
