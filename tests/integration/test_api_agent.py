@@ -356,18 +356,19 @@ def test_monitor_streams_log_lines(agent: Client) -> None:
         conn.request("GET", "/v1/agent/monitor?loglevel=debug")
         resp = conn.getresponse()
         assert resp.status == 200
-        # A check with an unsupported type makes the agent log a warning.
+        # A check of a type this agent does not run (OSService: Windows services) makes
+        # the agent log a warning.
         agent.put_json(
-            "/v1/agent/check/register", {"name": "udp", "udp": "127.0.0.1:1", "interval": "5s"}
+            "/v1/agent/check/register", {"Name": "oss", "OSService": "sshd", "Interval": "5s"}
         )
         data = b""
         deadline = time.monotonic() + 5
         while b"check_type_not_supported" not in data and time.monotonic() < deadline:
             data += resp.read1(4096)
-        assert b"[WARN]" in data and b"check_type_not_supported check=udp" in data
+        assert b"[WARN]" in data and b"check_type_not_supported check=oss" in data
     finally:
         conn.close()
-        agent.put("/v1/agent/check/deregister/udp")
+        agent.put("/v1/agent/check/deregister/oss")
 
 
 def test_script_checks_are_refused_unless_enabled(tmp_path: Path) -> None:
