@@ -746,6 +746,9 @@ def build(
 
     services = tuple(g("service", [])) + tuple(g("services", []))
     checks = tuple(g("check", [])) + tuple(g("checks", []))
+    scripts_allowed = bool(g("enable_script_checks", False)) or bool(
+        g("enable_local_script_checks", False)
+    )
     for key in ("service", "services"):
         for i, svc in enumerate(g(key, [])):
             folded = _fold(svc)
@@ -756,12 +759,12 @@ def build(
             if isinstance(folded.get("check"), dict):
                 nested = [folded["check"], *nested]
             for chk in nested if isinstance(nested, list) else [nested]:
-                problem = _check_problem(chk)
+                problem = _check_problem(chk, scripts_allowed)
                 if problem:
                     raise fail(f"{key}[{i}]", f"service {json.dumps(name)}: {problem}")
     for key in ("check", "checks"):
         for i, chk in enumerate(g(key, [])):
-            problem = _check_problem(chk)
+            problem = _check_problem(chk, scripts_allowed)
             if problem:
                 label = _fold(chk).get("name") or _fold(chk).get("id") or ""
                 raise fail(f"{key}[{i}]", f"check {json.dumps(label)}: {problem}")
@@ -867,8 +870,16 @@ def _fold(d: Mapping[str, Any]) -> dict[str, Any]:
     return {str(k).lower().replace("_", ""): v for k, v in d.items()}
 
 
-def _check_problem(chk: Any) -> str:
-    """What Consul's check-definition validation would refuse, or ""."""
+_SCRIPTS_DISABLED = (
+    "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' or "
+    "'enable_local_script_checks' to true"
+)
+
+
+def _check_problem(chk: Any, scripts_allowed: bool = True) -> str:
+    """What Consul's check-definition validation would refuse, or "". A script check from a
+    config file needs ``enable_script_checks`` or ``enable_local_script_checks`` (Consul's
+    agent fails to start on it otherwise)."""
     if not isinstance(chk, dict):
         return "a check must be an object"
     f = _fold(chk)
@@ -889,6 +900,8 @@ def _check_problem(chk: Any) -> str:
         f.get(k) for k in ("http", "tcp", "udp", "grpc", "h2ping", "osservice")
     )
     alias = bool(f.get("aliasnode") or f.get("aliasservice"))
+    if script and not scripts_allowed:
+        return _SCRIPTS_DISABLED
     if interval > 0 and ttl > 0:
         return "Interval and TTL cannot both be specified"
     if interval_kind and interval <= 0:

@@ -638,3 +638,15 @@ def test_a_bad_definition_names_its_own_file(tmp_path: Path) -> None:
     b = write(tmp_path, "b.json", {"services": [{"name": "bad", "check": {"tcp": "x:1"}}]})
     msg = refused("-dev", "-config-file", a, "-config-file", b)
     assert msg.startswith(f'config file {b}: service "bad": Interval must be > 0')
+
+
+def test_script_check_needs_enable_script_checks(tmp_path: Path) -> None:
+    check = {"id": "s", "name": "disk", "args": ["/bin/true"], "interval": "10s"}
+    path = write(tmp_path, "c.json", {"check": check})
+    msg = refused("-dev", "-config-file", path)
+    assert "c.json" in msg and 'check "disk"' in msg
+    assert "Scripts are disabled on this agent" in msg and "enable_script_checks" in msg
+    service = write(tmp_path, "s.json", {"service": {"name": "web", "check": check}})
+    assert 'service "web"' in refused("-dev", "-config-file", service)
+    local = write(tmp_path, "ok.json", {"check": check, "enable_local_script_checks": True})
+    assert agent("-dev", "-config-file", local).enable_local_script_checks
