@@ -15,6 +15,9 @@ The contract (what ``ctx.apply`` takes) is Consul's own JSON:
   ``normalize_register_request`` itself, so callers may pass a raw request. Proposers should
   still call it first (the HTTP endpoint does) so that a bad request fails before it is
   written to the log. The result is ``True``.
+* ``MessageType.PROCONSUL_REGISTER_BATCH`` (Proconsul's own): ``{"Requests": [...]}``, many
+  ``RegisterRequest``s applied in order, each on its own; the result lists None or the error
+  text per request.
 * ``MessageType.DEREGISTER``: ``{"Node": "n1", "ServiceID": "...", "CheckID": "..."}``:
   a service with its checks, else a check, else the whole node (services, checks, sessions).
   The result is ``True``.
@@ -548,7 +551,26 @@ def _deregister(fsm: ConsulFSM, index: int, body: Any) -> bool:
     return True
 
 
+def _register_batch(fsm: ConsulFSM, index: int, body: Any) -> list[str | None]:
+    """``PROCONSUL_REGISTER_BATCH``: ``{"Requests": [RegisterRequest, ...]}``, each applied as
+    ``REGISTER`` would be, in order, each in its own write transaction at this index (one bad
+    request fails alone). The result lists, per request, None or its error text. Agents use it
+    to sync many local services in one Raft round."""
+    if not isinstance(body, dict) or not isinstance(body.get("Requests"), list):
+        raise StateError("register batch: Requests must be a list")
+    results: list[str | None] = []
+    for request in body["Requests"]:
+        try:
+            _register(fsm, index, request)
+        except (StateError, RequestDecodeError, ValueError, TypeError) as exc:
+            results.append(str(exc) or type(exc).__name__)
+        else:
+            results.append(None)
+    return results
+
+
 HANDLERS: dict[MessageType, Handler] = {
     MessageType.REGISTER: _register,
     MessageType.DEREGISTER: _deregister,
+    MessageType.PROCONSUL_REGISTER_BATCH: _register_batch,
 }

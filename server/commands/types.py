@@ -49,6 +49,7 @@ class MessageType(IntEnum):
     FEDERATION_STATE = 30
     SYSTEM_METADATA = 31
     PROCONSUL_RESTORE = 200  # Proconsul's own: replace the whole state (PUT /v1/snapshot)
+    PROCONSUL_REGISTER_BATCH = 201  # Proconsul's own: many RegisterRequests (agent sync)
 
 
 #: ``handler(fsm, raft_index, decoded_body) -> result``. The result goes back to the proposer;
