@@ -22,6 +22,8 @@ Shapes kept as Consul's:
 from __future__ import annotations
 
 import copy
+import math
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,8 +43,12 @@ __all__ = [
     "LocalState",
     "ServiceEntry",
     "format_duration",
+    "full_sync_delay",
     "parse_check_type",
     "parse_duration_value",
+    "same_check",
+    "same_service",
+    "scale_factor",
 ]
 
 PASSING = "passing"
@@ -56,6 +62,26 @@ SERVICE_MAINT_PREFIX = "_service_maintenance:"
 SIDECAR_SUFFIX = "-sidecar-proxy"
 #: Consul's ``MinInterval``: intervals below one second are raised to it.
 MIN_INTERVAL = 1.0
+#: Consul's ``aeScaleThreshold``: above this many LAN members the full-sync stagger grows.
+AE_SCALE_THRESHOLD = 128
+
+
+# --- anti-entropy timing (Consul's agent/ae) --------------------------------------------
+
+
+def scale_factor(nodes: int) -> int:
+    """Consul's ``ae.scaleFactor``: 1 up to 128 nodes, then one more per doubling
+    (``ceil(log2(n) - log2(128)) + 1``: 2 up to 256, 3 up to 512, ... 7 at 8192)."""
+    if nodes <= AE_SCALE_THRESHOLD:
+        return 1
+    return int(math.ceil(math.log2(nodes) - math.log2(AE_SCALE_THRESHOLD)) + 1)
+
+
+def full_sync_delay(interval: float, nodes: int, rng: random.Random) -> float:
+    """The wait before the next full sync (Consul's ``StateSyncer``): ``interval`` plus a
+    random stagger below ``scale_factor(nodes) * interval``, so that a large datacenter's
+    agents spread their full syncs over more time."""
+    return interval + rng.uniform(0, scale_factor(nodes) * interval)
 
 
 class LocalError(Exception):
@@ -452,6 +478,9 @@ class CheckEntry:
     deleted: bool = False
     #: When the check turned critical (the ``now`` clock), for DeregisterCriticalServiceAfter.
     critical_since: float | None = None
+    #: Output-only changes wait for this time (the ``now`` clock) to be synced (Consul's
+    #: ``DeferCheck`` timer, see ``LocalState.check_update_interval``).
+    defer_until: float | None = None
     #: ``LocalState.version`` at this entry's last change (see ``mark_synced``).
     changed_at: int = 0
 
@@ -464,7 +493,13 @@ class LocalState:
 
     ``listeners`` are called with ``(kind, id)`` after every change: kind is one of
     ``service-added``, ``service-removed``, ``check-added``, ``check-removed``,
-    ``check-updated`` (status changed) and ``check-output`` (output only)."""
+    ``check-updated`` (status changed) and ``check-output`` (output only).
+
+    ``check_update_interval`` (Consul's ``check_update_interval``, seconds; 0 turns it off):
+    a check whose output changes but not its status is not marked out of sync at once; the
+    first such change starts a timer of half the interval plus a random stagger below the
+    interval (Consul's ``DeferCheck``), and when it runs out (``fire_deferred``) the check,
+    with its latest output, is synced. A status change syncs at once, output included."""
 
     def __init__(
         self,
@@ -474,10 +509,14 @@ class LocalState:
         now: Callable[[], float] = time.monotonic,
         sidecar_min_port: int = 21000,
         sidecar_max_port: int = 21255,
+        check_update_interval: float = 0.0,
+        rng: random.Random | None = None,
     ) -> None:
         self.node_name = node_name
         self.datacenter = datacenter
         self.now = now
+        self.check_update_interval = check_update_interval
+        self.rng = rng if rng is not None else random.Random()
         self.sidecar_min_port = sidecar_min_port
         self.sidecar_max_port = sidecar_max_port
         self.services: dict[str, ServiceEntry] = {}
@@ -753,6 +792,18 @@ class LocalState:
         if check.get("Status") == status and check.get("Output") == output:
             return False
         status_changed = check.get("Status") != status
+        if not status_changed and self.check_update_interval > 0:
+            # Consul's deferred check sync: keep the output, sync it when the timer runs out.
+            # ``changed_at`` stays: a write in flight may be marked synced, the timer brings
+            # the new output later anyway.
+            check["Output"] = output
+            if entry.defer_until is None:
+                d = self.check_update_interval
+                entry.defer_until = self.now() + d / 2 + self.rng.uniform(0, d)
+            self.version += 1
+            for listener in list(self.listeners):
+                listener("check-output", check_id)
+            return True
         check["Status"] = status
         check["Output"] = output
         if status == CRITICAL:
@@ -854,7 +905,68 @@ class LocalState:
         self._delete_check(NODE_MAINT)
         return True
 
+    # --- deferred check output ----------------------------------------------------------
+
+    def next_deferred(self) -> float | None:
+        """When the earliest deferred output sync is due (the ``now`` clock), if any."""
+        due = [c.defer_until for c in self.checks.values() if c.defer_until is not None]
+        return min(due) if due else None
+
+    def fire_deferred(self) -> bool:
+        """Mark out of sync the checks whose deferred output is due; True if any was."""
+        now = self.now()
+        fired = False
+        for entry in self.checks.values():
+            if entry.defer_until is None or entry.defer_until > now:
+                continue
+            entry.defer_until = None
+            if not entry.deleted:
+                entry.in_sync = False
+                fired = True
+        return fired
+
     # --- sync ---------------------------------------------------------------------------
+
+    def update_sync_state(
+        self,
+        remote_services: dict[str, dict[str, Any]],
+        remote_checks: dict[str, dict[str, Any]],
+        *,
+        as_of: int | None = None,
+    ) -> None:
+        """Anti-entropy (Consul's ``updateSyncState``): compare with this node's catalog
+        entries (``NodeService`` and ``HealthCheck`` JSON by ID). A local entry missing from
+        the catalog or different there is marked out of sync; one the same is marked in sync
+        (the next sync skips it); a catalog entry the agent does not have is marked for
+        deregistering, except the servers' own ``consul`` service and the ``serfHealth``
+        check (and checks of those, or of services that are not the agent's: they go with
+        their service). A check whose output sync is deferred is compared without its output.
+
+        ``as_of`` is ``version`` when the catalog was read: entries changed since are left
+        as they are (their own sync is pending or done)."""
+        for sid, entry in self.services.items():
+            if entry.deleted or (as_of is not None and entry.changed_at > as_of):
+                continue
+            remote = remote_services.get(sid)
+            entry.in_sync = remote is not None and same_service(entry.service, remote)
+        for cid, check_entry in self.checks.items():
+            if check_entry.deleted or (as_of is not None and check_entry.changed_at > as_of):
+                continue
+            remote_check = remote_checks.get(cid)
+            check_entry.in_sync = remote_check is not None and same_check(
+                check_entry.check, remote_check, output=check_entry.defer_until is None
+            )
+        self.mark_remote_only(
+            [sid for sid in remote_services if sid not in self.services and sid != "consul"],
+            [
+                cid
+                for cid, c in remote_checks.items()
+                if cid not in self.checks
+                and cid != "serfHealth"
+                and (c.get("ServiceID") or "") != "consul"
+                and (not c.get("ServiceID") or c.get("ServiceID") in self.services)
+            ],
+        )
 
     def mark_all_out_of_sync(self) -> None:
         """Anti-entropy: everything is registered again on the next sync."""
@@ -943,6 +1055,41 @@ class LocalState:
                         and (as_of is None or c.changed_at <= as_of)
                     ):
                         del self.checks[cid]
+
+
+def same_service(local: dict[str, Any], remote: dict[str, Any]) -> bool:
+    """A local ``NodeService`` and the catalog's (its JSON) agree on what the agent syncs."""
+    weights = local.get("Weights") or {}
+    remote_weights = remote.get("Weights") or {}
+    return bool(
+        remote.get("Service", "") == local.get("Service", "")
+        and list(remote.get("Tags") or ()) == list(local.get("Tags") or [])
+        and int(remote.get("Port") or 0) == int(local.get("Port") or 0)
+        and (remote.get("Address") or "") == (local.get("Address") or "")
+        and dict(remote.get("Meta") or {}) == dict(local.get("Meta") or {})
+        and (remote.get("Kind") or "") == (local.get("Kind") or "")
+        and (remote.get("SocketPath") or "") == (local.get("SocketPath") or "")
+        and bool(remote.get("EnableTagOverride")) == bool(local.get("EnableTagOverride"))
+        and (remote_weights.get("Passing", 1), remote_weights.get("Warning", 1))
+        == (weights.get("Passing", 1), weights.get("Warning", 1))
+    )
+
+
+def same_check(local: dict[str, Any], remote: dict[str, Any], *, output: bool = True) -> bool:
+    """A local ``HealthCheck`` and the catalog's (its JSON) agree; ``output=False`` ignores
+    the output (a check whose output sync is deferred)."""
+    return bool(
+        (remote.get("Name") or "") == (local.get("Name") or "")
+        and (remote.get("Status") or "") == (local.get("Status") or "")
+        and (remote.get("Notes") or "") == (local.get("Notes") or "")
+        and (not output or (remote.get("Output") or "") == (local.get("Output") or ""))
+        and (remote.get("ServiceID") or "") == (local.get("ServiceID") or "")
+        and (remote.get("ServiceName") or "") == (local.get("ServiceName") or "")
+        and list(remote.get("ServiceTags") or ()) == list(local.get("ServiceTags") or ())
+        and (remote.get("Type") or "") == (local.get("Type") or "")
+        and (remote.get("Interval") or "") == (local.get("Interval") or "")
+        and (remote.get("Timeout") or "") == (local.get("Timeout") or "")
+    )
 
 
 def aggregated_status(checks: Iterable[dict[str, Any]]) -> str:

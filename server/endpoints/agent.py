@@ -7,10 +7,19 @@ runners and keeps the catalog in step, as Consul's anti-entropy does:
 
 * every change made through this API is synced at once, before the answer (Consul's
   ``syncChanges``; a failed sync is only logged: the next pass retries);
-* a check whose status changes is synced right away; output-only changes wait for the next
-  pass;
-* a full pass every 60 s (with Consul's random stagger) and on gaining leadership registers
-  everything again.
+* a check whose status changes is synced right away; output-only changes are synced at most
+  about once per ``check_update_interval`` per check (default 5 min; Consul's deferred check
+  sync, ``LocalState.check_update_interval``);
+* a full sync (Consul's ``SyncFull``) at start, on gaining leadership, and then every minute
+  plus a random stagger that grows with the number of LAN members (Consul's ``agent/ae``:
+  ``server.agent.local.full_sync_delay``); after a failed one, 15 s plus a stagger. A full sync
+  reads this node's catalog entries — from the store on a server; through the client's
+  servers on a client (``/v1/catalog/node-services/<node>`` and ``/v1/health/node/<node>``
+  over server RPC, stale up to 2 s as Consul's ``fullSyncReadMaxStale``, with
+  ``server.dns.relay.RelayCatalog``) — registers what differs, skips what is already in sync
+  and deregisters catalog entries the agent does not have. Internal knob, for tests only:
+  ``PROCONSUL_AE_INTERVAL`` (seconds) in the agent's environment replaces the 1 min base
+  interval.
 
 Writes go through Raft as ``MessageType.REGISTER`` (Consul's ``RegisterRequest``: ``Node``,
 ``ID``, ``Address``, ``Datacenter``, ``TaggedAddresses``, ``NodeMeta``, ``Service``, ``Check``
@@ -57,6 +66,7 @@ from server.agent.local import (
     LocalState,
     ServiceEntry,
     aggregated_status,
+    full_sync_delay,
     parse_check_type,
 )
 from server.commands.types import MessageType
@@ -76,7 +86,17 @@ log = structlog.get_logger("agent.local")
 #: The Consul API version this agent implements (reported by /v1/agent/self).
 API_VERSION = "1.22.0"
 REVISION = "proconsul"
+#: Consul's ``AEInterval``: the base interval of the full sync.
 ANTI_ENTROPY_INTERVAL = 60.0
+#: Consul's ``retryFailIntv``: the base wait before a failed full sync is tried again.
+ANTI_ENTROPY_RETRY_INTERVAL = 15.0
+#: Internal, for tests only: the full sync's base interval in seconds instead of 1 min.
+AE_INTERVAL_ENV = "PROCONSUL_AE_INTERVAL"
+#: Consul's ``fullSyncReadMaxStale``: how stale a client's read of its catalog entries may be.
+FULL_SYNC_MAX_STALE = 2.0
+#: A client's read of its catalog entries: per server tried, and over all of them.
+FULL_SYNC_READ_TIMEOUT = 10.0
+FULL_SYNC_TOTAL_TIMEOUT = 20.0
 #: Consul's CheckDeregisterIntervalMin.
 MIN_DEREGISTER_AFTER = 60.0
 ENVOY_VERSIONS = ["1.34.1", "1.33.2", "1.32.5", "1.31.8"]
@@ -328,30 +348,6 @@ def _check_view(check: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _same_service(local: dict[str, Any], remote: Any) -> bool:
-    weights = local.get("Weights") or {}
-    return bool(
-        remote.service == local.get("Service", "")
-        and list(remote.tags or ()) == list(local.get("Tags") or [])
-        and remote.port == local.get("Port", 0)
-        and remote.address == local.get("Address", "")
-        and dict(remote.meta or {}) == dict(local.get("Meta") or {})
-        and remote.kind == (local.get("Kind") or "")
-        and remote.enable_tag_override == bool(local.get("EnableTagOverride"))
-        and tuple(remote.weights) == (weights.get("Passing", 1), weights.get("Warning", 1))
-    )
-
-
-def _same_check(local: dict[str, Any], remote: Any) -> bool:
-    return bool(
-        remote.name == local.get("Name", "")
-        and remote.status == local.get("Status", "")
-        and remote.notes == local.get("Notes", "")
-        and remote.output == local.get("Output", "")
-        and remote.service_id == local.get("ServiceID", "")
-    )
-
-
 def _content_hash(value: Any) -> str:
     return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
@@ -496,6 +492,14 @@ class AgentLocal:
         self._changed: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._warned_no_handler = False
+        self._rng = random.Random()
+        #: When the sync loop runs its next full sync (``loop.time()``); 0: at once.
+        self._next_full = 0.0
+        #: When the sync loop wakes next (the local state's clock), for deferred outputs.
+        self._wake_at: float | None = None
+        #: Full syncs done (tests and logs).
+        self.full_syncs = 0
+        self.ae_interval = _ae_interval()
         self.tokens: dict[str, str] = {}
         cfg = ctx.config
         self.persistence: LocalPersistence | None = (
@@ -533,9 +537,13 @@ class AgentLocal:
 
     async def leadership_changed(self, is_leader: bool) -> None:
         if is_leader:
-            self.anti_entropy_diff()
-            if self._trigger is not None:
-                self._trigger.set()
+            self.request_full_sync()
+
+    def request_full_sync(self) -> None:
+        """Run a full sync now (Consul's ``SyncFull.Trigger``)."""
+        self._next_full = 0.0
+        if self._trigger is not None:
+            self._trigger.set()
 
     # --- changes ---
 
@@ -543,8 +551,17 @@ class AgentLocal:
         if self._changed is not None:
             self._changed.set()
             self._changed = asyncio.Event()
-        if kind == "check-updated" and self._trigger is not None:
+        if self._trigger is None:
+            return
+        if kind == "check-updated":
             self._trigger.set()
+        elif kind == "check-output":
+            entry = self.local.checks.get(ident)
+            defer_until = entry.defer_until if entry is not None else None
+            if defer_until is None:
+                self._trigger.set()  # not deferred (check_update_interval 0): sync it now
+            elif self._wake_at is None or defer_until < self._wake_at:
+                self._trigger.set()  # the sync loop must wake earlier for this one
 
     async def wait_change(self, timeout: float) -> None:
         event = self._changed
@@ -732,73 +749,141 @@ class AgentLocal:
                 self.local.mark_synced(op, service_ids, check_ids, as_of)
         return True
 
-    def anti_entropy_diff(self) -> None:
-        """Compare the local state with this node's catalog entries (Consul's
-        ``updateSyncState``): what differs or is missing is marked for registering, catalog
-        entries the agent does not know are marked for deregistering (the servers' own
-        ``consul`` service and ``serfHealth`` aside). Without a readable catalog everything
-        is registered again."""
-        try:
+    def _same_node(self, remote: dict[str, Any]) -> bool:
+        fields = self._node_fields()
+        return bool(
+            remote.get("Address") == fields["Address"]
+            and (not fields["ID"] or remote.get("ID") == fields["ID"])
+            and dict(remote.get("TaggedAddresses") or {}) == fields["TaggedAddresses"]
+            and dict(remote.get("Meta") or {}) == fields["NodeMeta"]
+        )
+
+    async def _read_catalog(
+        self,
+    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, dict[str, Any]]] | None:
+        """This node's catalog entries as JSON: ``(node, services by ID, checks by ID)``, or
+        None when the node is not registered. A server reads its store; a client (no store)
+        asks its servers (module docstring). Raises when they cannot be read."""
+        node_name = self.ctx.config.node_name
+        if self.ctx.fsm is not None:
             catalog = self.ctx.store.catalog
-            node_name = self.ctx.config.node_name
             _, found = catalog.node_services(None, node_name)
             _, remote_checks = catalog.node_checks(None, node_name)
-        except Exception:
-            self.local.mark_all_out_of_sync()
-            self.node_in_sync = False
-            return
-        if found is None:
-            self.local.mark_all_out_of_sync()
-            self.node_in_sync = False
-            return
-        node, remote_services = found
-        fields = self._node_fields()
-        if node.address != fields["Address"] or (fields["ID"] and node.id != fields["ID"]):
-            self.node_in_sync = False
-        services = {s.id: s for s in remote_services}
-        checks = {c.check_id: c for c in remote_checks}
-        for sid, entry in self.local.services.items():
-            if entry.deleted:
-                continue
-            remote = services.get(sid)
-            if remote is None or not _same_service(entry.service, remote):
-                entry.in_sync = False
-        for cid, check_entry in self.local.checks.items():
-            if check_entry.deleted:
-                continue
-            remote_check = checks.get(cid)
-            if remote_check is None or not _same_check(check_entry.check, remote_check):
-                check_entry.in_sync = False
-        self.local.mark_remote_only(
-            [sid for sid in services if sid not in self.local.services and sid != "consul"],
-            [
-                cid
-                for cid, c in checks.items()
-                if cid not in self.local.checks
-                and cid != "serfHealth"
-                and c.service_id not in ("consul",)
-                and (not c.service_id or c.service_id in self.local.services)
-            ],
+            if found is None:
+                return None
+            node, remote_services = found
+            return (
+                node.to_api(),
+                {s.id: s.to_node_service() for s in remote_services},
+                {c.check_id: c.to_api() for c in remote_checks},
+            )
+        from urllib.parse import quote
+
+        from server.dns.relay import RelayCatalog
+
+        relay = RelayCatalog(
+            self.ctx,
+            allow_stale=True,
+            max_stale=FULL_SYNC_MAX_STALE,
+            read_timeout=FULL_SYNC_READ_TIMEOUT,
+            total_timeout=FULL_SYNC_TOTAL_TIMEOUT,
         )
+        name = quote(node_name, safe="")
+        listing = await relay._get(f"/v1/catalog/node-services/{name}", {}, "")
+        if not isinstance(listing, dict) or not isinstance(listing.get("Node"), dict):
+            return None
+        checks = await relay._get(f"/v1/health/node/{name}", {}, "")
+        services = listing.get("Services") or []
+        if isinstance(services, dict):  # /v1/catalog/node's shape, should a server send it
+            services = list(services.values())
+        return (
+            listing["Node"],
+            {str(s.get("ID", "")): s for s in services if isinstance(s, dict)},
+            {str(c.get("CheckID", "")): c for c in checks or [] if isinstance(c, dict)},
+        )
+
+    async def anti_entropy_diff(self) -> bool:
+        """Compare the local state with this node's catalog entries (Consul's
+        ``updateSyncState``, ``LocalState.update_sync_state``): what differs or is missing
+        is marked for registering, what is the same is marked in sync, catalog entries the
+        agent does not know are marked for deregistering (the servers' own ``consul``
+        service and ``serfHealth`` aside). False when the catalog could not be read: then
+        everything is registered again."""
+        as_of = self.local.version
+        try:
+            remote = await self._read_catalog()
+        except Exception as exc:
+            log.warning("anti_entropy_read_failed", error=getattr(exc, "message", None) or str(exc))
+            self.local.mark_all_out_of_sync()
+            self.node_in_sync = False
+            return False
+        if remote is None:
+            self.local.mark_all_out_of_sync()
+            self.node_in_sync = False
+            return True
+        node, services, checks = remote
+        if not self._same_node(node):
+            self.node_in_sync = False
+        self.local.update_sync_state(services, checks, as_of=as_of)
+        return True
+
+    async def full_sync(self) -> bool:
+        """Consul's ``SyncFull``: the catalog diff, then the sync. False if either failed."""
+        read = await self.anti_entropy_diff()
+        try:
+            synced = await self.sync()
+        except Exception as exc:
+            log.warning("sync_failed", error=getattr(exc, "message", None) or str(exc))
+            synced = False
+        self.full_syncs += 1
+        return read and synced
+
+    async def _cluster_size(self) -> int:
+        serf = self.ctx.serf_lan
+        if serf is None:
+            return 1
+        try:
+            return len(await serf.members())
+        except Exception:
+            return 1
 
     async def sync_changes(self) -> None:
         with contextlib.suppress(Exception):
             await self.sync()
 
     async def _sync_loop(self) -> None:
+        """Consul's ``StateSyncer``: a full sync at start and then every ``ae_interval`` plus
+        a stagger scaled by the LAN size (sooner after a failure, or when asked); partial
+        syncs on triggers in between; deferred check outputs when their timers run out."""
         assert self._trigger is not None
         loop = asyncio.get_running_loop()
-        next_full = loop.time() + ANTI_ENTROPY_INTERVAL + random.uniform(0, 5)
+        self._next_full = 0.0  # a full sync at start
         while True:
-            remaining = next_full - loop.time()
+            timeout = self._next_full - loop.time()
+            deferred = self.local.next_deferred()
+            if deferred is not None:
+                timeout = min(timeout, deferred - self.local.now())
+            timeout = max(timeout, 0.0)
+            self._wake_at = self.local.now() + timeout
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(remaining, 0)):
+                async with asyncio.timeout(timeout):
                     await self._trigger.wait()
             self._trigger.clear()
-            if loop.time() >= next_full:
-                self.anti_entropy_diff()
-                next_full = loop.time() + ANTI_ENTROPY_INTERVAL + random.uniform(0, 5)
-            await self.sync_changes()
+            self._wake_at = None
+            try:
+                self.local.fire_deferred()
+                if loop.time() >= self._next_full:
+                    ok = await self.full_sync()
+                    base = self.ae_interval if ok else ANTI_ENTROPY_RETRY_INTERVAL
+                    delay = full_sync_delay(base, await self._cluster_size(), self._rng)
+                    self._next_full = loop.time() + delay
+                else:
+                    await self.sync_changes()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep syncing whatever one pass hit
+                log.error("anti_entropy_failed", error=str(exc))
+                self._next_full = loop.time() + ANTI_ENTROPY_RETRY_INTERVAL
 
     async def _reap_loop(self) -> None:
         while True:
@@ -808,6 +893,20 @@ class AgentLocal:
                 with contextlib.suppress(LocalError):
                     self.local.remove_service(sid)
                 await self.sync_changes()
+
+
+def _ae_interval() -> float:
+    """The full sync's base interval: Consul's 1 min, or ``PROCONSUL_AE_INTERVAL`` (tests)."""
+    raw = os.environ.get(AE_INTERVAL_ENV, "")
+    if raw:
+        try:
+            value = float(raw)
+        except ValueError:
+            log.warning("bad_ae_interval", value=raw)
+        else:
+            if value > 0:
+                return value
+    return ANTI_ENTROPY_INTERVAL
 
 
 # --- operations shared by handlers and config loading -----------------------------------
@@ -1662,7 +1761,11 @@ def _render_log(event: dict[str, Any], as_json: bool) -> str:
 def register(app: web.Application, ctx: ServerContext) -> None:
     """Add this domain's routes to ``app`` (and the agent's local state, if it has none)."""
     if ctx.local is None:
-        ctx.local = LocalState(ctx.config.node_name, datacenter=ctx.config.datacenter)
+        ctx.local = LocalState(
+            ctx.config.node_name,
+            datacenter=ctx.config.datacenter,
+            check_update_interval=ctx.config.check_update_interval,
+        )
     agent = AgentLocal(ctx, ctx.local)
     ctx.add_service(agent)
     ep = AgentEndpoint(ctx, agent)

@@ -3,6 +3,8 @@ plan (pure: no I/O, a fake clock)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from server.agent.local import (
@@ -337,7 +339,7 @@ def test_anti_entropy_diff_against_the_catalog() -> None:
         {**node, "Check": {"CheckID": "service:web", "ServiceID": "web", "Status": "passing"}},
     )
     assert local.pending() == []
-    agent.anti_entropy_diff()
+    assert asyncio.run(agent.anti_entropy_diff())
     plan = [
         (op, body.get("ServiceID") or body["Service"]["ID"]) for op, body, _, _ in local.pending()
     ]
