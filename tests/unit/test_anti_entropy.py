@@ -6,6 +6,7 @@ randomness, no sockets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from typing import Any
 
@@ -257,19 +258,18 @@ def test_full_sync_on_a_server_writes_only_what_differs() -> None:
     writes: list[dict[str, Any]] = []
     index = 0
 
-    async def apply(kind: MessageType, body: dict[str, Any]) -> None:
+    async def apply(kind: MessageType, body: dict[str, Any]) -> Any:
         nonlocal index
         index += 1
         writes.append(body)
-        fsm.apply(index, encode_command(kind, body))
+        return fsm.apply(index, encode_command(kind, body))
 
     ctx.apply = apply  # type: ignore[method-assign]
     ctx.leader_rpc = None
 
     async def run() -> None:
         assert await agent.full_sync()
-        first = len(writes)
-        assert first >= 3  # the node with web, api, mem
+        assert writes  # the node with web, api, mem
         writes.clear()
         assert await agent.full_sync()  # nothing differs now: no write at all
         assert writes == []
@@ -288,5 +288,56 @@ def test_full_sync_on_a_server_writes_only_what_differs() -> None:
         _, found = fsm.store.catalog.node_services(None, "n1")
         assert found is not None
         assert sorted(s.id for s in found[1]) == ["api", "web"]
+
+    asyncio.run(run())
+
+
+def test_sync_loop_wakes_for_a_deferred_output_before_the_next_full_sync() -> None:
+    """The sync loop sleeps until the next full sync (a minute here) unless a deferred
+    output comes due earlier: it wakes for it and writes the check."""
+    from server.config.runtime import RuntimeConfig
+    from server.endpoints.agent import AgentLocal
+    from server.endpoints.context import ServerContext
+    from server.fsm import ConsulFSM, MessageType, encode_command
+
+    fsm = ConsulFSM()
+    ctx = ServerContext(RuntimeConfig(node_name="n1", node_id=""), fsm, None)
+    local = LocalState("n1", check_update_interval=0.2, rng=random.Random(5))
+    local.add_service(svc("web"), [CheckType(ttl=30, status=PASSING)])
+    agent = AgentLocal(ctx, local)
+    agent.ae_interval = 60.0
+    writes: list[dict[str, Any]] = []
+    index = 0
+
+    async def apply(kind: MessageType, body: dict[str, Any]) -> Any:
+        nonlocal index
+        index += 1
+        writes.append(body)
+        return fsm.apply(index, encode_command(kind, body))
+
+    ctx.apply = apply  # type: ignore[method-assign]
+
+    async def run() -> None:
+        agent._trigger = asyncio.Event()
+        agent._changed = asyncio.Event()
+        task = asyncio.create_task(agent._sync_loop())
+        try:
+            while agent.full_syncs < 1:
+                await asyncio.sleep(0.01)
+            writes.clear()
+            local.update_check("service:web", PASSING, "new output")
+            await asyncio.sleep(0.05)
+            assert writes == []  # deferred: at least 0.1 s
+            for _ in range(100):
+                if writes:
+                    break
+                await asyncio.sleep(0.01)
+            requests = [r for w in writes for r in w.get("Requests") or [w]]  # batched or not
+            assert [r["Check"]["Output"] for r in requests] == ["new output"]
+            assert agent.full_syncs == 1  # no full sync was needed for it
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     asyncio.run(run())
