@@ -41,8 +41,10 @@ import inspect
 import ipaddress
 import os
 import platform
+import queue
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -359,6 +361,11 @@ def _file_name(ident: str) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()
 
 
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory, fsynced
     and renamed into place: a crash leaves the old file or the new one, never half of one."""
@@ -400,13 +407,58 @@ class LocalPersistence:
         self.services_dir = root / "services"
         self.checks_dir = root / "checks"
         self.state_dir = root / "checks" / "state"
+        # File writes (each fsynced) run on one worker thread, in submission order, so that a
+        # burst of API registrations does not stall the event loop on fsyncs. ``flush()``
+        # waits for everything submitted (the agent calls it when it stops).
+        self._writes: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+        self._lock = threading.Lock()
+        self._pending = 0
+
+    #: Write inline instead of on the worker thread (unit tests that inspect files at once).
+    synchronous = False
+
+    def _submit(self, write: Callable[[], None]) -> None:
+        if self.synchronous:
+            write()
+            return
+        with self._lock:
+            self._pending += 1
+            self._idle.clear()
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_loop, name="agent-persist", daemon=True
+                )
+                self._writer.start()
+        self._writes.put(write)
+
+    def _write_loop(self) -> None:
+        while True:
+            write = self._writes.get()
+            if write is None:
+                return
+            try:
+                write()
+            except OSError as exc:
+                log.warning("persist_failed", error=str(exc))
+            with self._lock:
+                self._pending -= 1
+                if self._pending == 0:
+                    self._idle.set()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait (blocking) until every submitted write is on disk."""
+        return self._idle.wait(timeout)
 
     # --- writes ---
 
     def save_service(self, entry: ServiceEntry) -> None:
         sid = str(entry.service.get("ID", ""))
         body = {"Service": entry.service, "Token": entry.token, "SidecarOf": entry.sidecar_of}
-        _write_atomic(self.services_dir / _file_name(sid), orjson.dumps(body))
+        data = orjson.dumps(body)
+        self._submit(lambda: _write_atomic(self.services_dir / _file_name(sid), data))
 
     def save_check(self, entry: CheckEntry) -> None:
         cid = str(entry.check.get("CheckID", ""))
@@ -415,7 +467,8 @@ class LocalPersistence:
             "ChkType": _check_type_json(entry.check_type),
             "Token": entry.token,
         }
-        _write_atomic(self.checks_dir / _file_name(cid), orjson.dumps(body))
+        data = orjson.dumps(body)
+        self._submit(lambda: _write_atomic(self.checks_dir / _file_name(cid), data))
 
     def save_check_state(self, check_id: str, status: str, output: str, ttl: float) -> None:
         body = {
@@ -424,18 +477,16 @@ class LocalPersistence:
             "Output": output,
             "Expires": time.time() + ttl,
         }
-        _write_atomic(self.state_dir / _file_name(check_id), orjson.dumps(body))
+        data = orjson.dumps(body)
+        self._submit(lambda: _write_atomic(self.state_dir / _file_name(check_id), data))
 
     def remove_service(self, service_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.services_dir / _file_name(service_id))
+        self._submit(lambda: _unlink(self.services_dir / _file_name(service_id)))
 
     def remove_check(self, check_id: str, *, keep_state: bool = False) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.checks_dir / _file_name(check_id))
+        self._submit(lambda: _unlink(self.checks_dir / _file_name(check_id)))
         if not keep_state:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.state_dir / _file_name(check_id))
+            self._submit(lambda: _unlink(self.state_dir / _file_name(check_id)))
 
     # --- reads ---
 
@@ -479,6 +530,10 @@ class LocalPersistence:
 # --- the local state service ------------------------------------------------------------
 
 
+#: At most this many registrations per Raft entry when the agent syncs a backlog.
+SYNC_BATCH = 256
+
+
 class AgentLocal:
     """Runs the check runners and syncs ``LocalState`` to the catalog."""
 
@@ -488,6 +543,13 @@ class AgentLocal:
         self.runners = CheckRunners(local, ctx)
         self.node_in_sync = False
         self._lock = asyncio.Lock()
+        # Coalesced syncs (``sync_changes``): callers ask for a generation; one runner task
+        # syncs until every asked generation is done, so requests that arrive while a write
+        # is in flight are all carried by the next (batched) write.
+        self._sync_asked = 0
+        self._sync_done = 0
+        self._sync_cond = asyncio.Condition()
+        self._sync_runner: asyncio.Task[None] | None = None
         self._trigger: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -534,6 +596,12 @@ class AgentLocal:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        if self._sync_runner is not None and not self._sync_runner.done():
+            self._sync_runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._sync_runner
+        if self.persistence is not None:
+            await asyncio.to_thread(self.persistence.flush)
 
     async def leadership_changed(self, is_leader: bool) -> None:
         if is_leader:
@@ -731,7 +799,20 @@ class AgentLocal:
             ops = self.local.pending()
             if not ops and not self.node_in_sync:
                 ops = [("register", {}, [], [])]
+            # Once the node itself is registered, registrations go out in batches: one Raft
+            # entry for everything that queued up while the previous write was in flight
+            # (concurrent API registrations on a busy agent), instead of one round each.
+            batch: list[tuple[dict[str, Any], list[str], list[str]]] = []
             for op, body, service_ids, check_ids in ops:
+                if op == "register" and self.node_in_sync and len(batch) < SYNC_BATCH:
+                    batch.append(({**node, **body, "SkipNodeUpdate": True}, service_ids, check_ids))
+                    continue
+                if batch and not await self._register_batch(batch, as_of):
+                    return False
+                batch = []
+                if op == "register" and self.node_in_sync:
+                    batch.append(({**node, **body, "SkipNodeUpdate": True}, service_ids, check_ids))
+                    continue
                 try:
                     if op == "register":
                         request = {**node, **body, "SkipNodeUpdate": self.node_in_sync}
@@ -747,7 +828,42 @@ class AgentLocal:
                         log.warning("sync_failed", op=op, body=body, error=text)
                         return False
                 self.local.mark_synced(op, service_ids, check_ids, as_of)
+            if batch and not await self._register_batch(batch, as_of):
+                return False
         return True
+
+    async def _register_batch(
+        self, batch: list[tuple[dict[str, Any], list[str], list[str]]], as_of: int
+    ) -> bool:
+        """Write ``batch`` (RegisterRequests with the entries they sync) in one Raft entry; a
+        request the catalog refuses is logged and stays out of sync (the others are synced)."""
+        if len(batch) == 1:
+            request, service_ids, check_ids = batch[0]
+            try:
+                await self.ctx.apply(MessageType.REGISTER, request)
+            except Exception as exc:
+                text = getattr(exc, "message", None) or str(exc)
+                log.warning("sync_failed", op="register", body=request, error=text)
+                return False
+            self.local.mark_synced("register", service_ids, check_ids, as_of)
+            return True
+        log.debug("sync_register_batch", size=len(batch))
+        try:
+            results = await self.ctx.apply(
+                MessageType.PROCONSUL_REGISTER_BATCH, {"Requests": [r for r, _, _ in batch]}
+            )
+        except Exception as exc:
+            text = getattr(exc, "message", None) or str(exc)
+            log.warning("sync_failed", op="register-batch", size=len(batch), error=text)
+            return False
+        ok = True
+        for (request, service_ids, check_ids), error in zip(batch, results, strict=True):
+            if error is None:
+                self.local.mark_synced("register", service_ids, check_ids, as_of)
+            else:
+                ok = False
+                log.warning("sync_failed", op="register", body=request, error=error)
+        return ok
 
     def _same_node(self, remote: dict[str, Any]) -> bool:
         fields = self._node_fields()
@@ -848,8 +964,31 @@ class AgentLocal:
             return 1
 
     async def sync_changes(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.sync()
+        """Sync what changed, as part of the next sync that starts after this call (one sync
+        at a time; changes made meanwhile go out together in one batched write)."""
+        self._sync_asked += 1
+        wanted = self._sync_asked
+        if self._sync_runner is None or self._sync_runner.done():
+            self._sync_runner = asyncio.get_running_loop().create_task(
+                self._run_syncs(), name="agent-sync"
+            )
+        async with self._sync_cond:
+            await self._sync_cond.wait_for(lambda: self._sync_done >= wanted)
+
+    async def _run_syncs(self) -> None:
+        try:
+            while self._sync_done < self._sync_asked:
+                target = self._sync_asked
+                with contextlib.suppress(Exception):
+                    await self.sync()
+                async with self._sync_cond:
+                    self._sync_done = target
+                    self._sync_cond.notify_all()
+        finally:
+            async with self._sync_cond:
+                # Never leave a caller waiting on a runner that died.
+                self._sync_done = max(self._sync_done, self._sync_asked)
+                self._sync_cond.notify_all()
 
     async def _sync_loop(self) -> None:
         """Consul's ``StateSyncer``: a full sync at start and then every ``ae_interval`` plus

@@ -240,6 +240,8 @@ def test_tcp_and_script_checks(agent: Client) -> None:
         "script-2": "critical",
     }
     assert wait_for(lambda: {n: status_of(agent, n) for n in want} == want, 6.0)
+    # Critical is also the initial status: wait until every check has run once (has output).
+    assert wait_for(lambda: all(checks(agent)[n]["Output"] for n in want if n != "script-2"), 6.0)
     all_checks = checks(agent)
     assert all_checks["tcp-up"]["Output"] == f"TCP connect 127.0.0.1:{port}: Success"
     assert all_checks["tcp-down"]["Output"].startswith(f"dial tcp 127.0.0.1:{closed}:")

@@ -21,11 +21,18 @@ from server.config.runtime import RuntimeConfig
 from server.endpoints.agent import (
     AgentEndpoint,
     AgentLocal,
+    LocalPersistence,
     _decode_check,
     add_service,
     decode_service_definition,
 )
 from server.endpoints.context import ServerContext
+
+
+@pytest.fixture(autouse=True)
+def synchronous_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files are checked right after each change: write them inline."""
+    monkeypatch.setattr(LocalPersistence, "synchronous", True)
 
 
 def make_agent(data_dir: Path | str, **config: Any) -> AgentLocal:
