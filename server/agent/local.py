@@ -997,14 +997,15 @@ class LocalState:
         for sid, s in sorted(self.services.items()):
             if s.deleted and not s.in_sync:
                 ops.append(("deregister", {"ServiceID": sid}, [sid], []))
+        # Checks grouped by service once (not once per service: that was quadratic).
+        by_service: dict[str, list[tuple[str, CheckEntry]]] = {}
+        for cid, c in sorted(self.checks.items()):
+            if not c.deleted:
+                by_service.setdefault(str(c.check.get("ServiceID") or ""), []).append((cid, c))
         for sid, s in sorted(self.services.items()):
             if s.deleted:
                 continue
-            checks = [
-                (cid, c)
-                for cid, c in sorted(self.checks.items())
-                if not c.deleted and c.check.get("ServiceID") == sid
-            ]
+            checks = by_service.get(sid, [])
             if s.in_sync and all(c.in_sync for _, c in checks):
                 continue
             body: dict[str, Any] = {"Service": copy.deepcopy(s.service)}
