@@ -346,6 +346,11 @@ class GossipNode(Generic[C]):
 
         return await self._call(run)
 
+    async def force_leave(self, name: str, prune: bool = False) -> bool:
+        """Serf's force-leave of a failed member (see ``Serf.force_leave``); False if this
+        node does not know ``name``."""
+        return await self._call(lambda now: self._serf().force_leave(name, prune, now))
+
     async def user_event(self, name: str, payload: bytes, coalesce: bool = False) -> int:
         """Serf: broadcast a user event (delivered here too); returns its Lamport time."""
         serf = self._serf()

@@ -400,6 +400,26 @@ class Serf:
         self._leave_done = now + self.cfg.leave_propagate_delay
         self._pump(now)
 
+    def force_leave(self, name: str, prune: bool, now: float) -> bool:
+        """Serf's ``RemoveFailedNode``: announce, on a failed member's behalf, that it left (a
+        member that is alive refutes it). With ``prune`` a member that ends up left is also
+        forgotten here at once instead of after ``tombstone_timeout``. False if unknown."""
+        m = self._members.get(name)
+        if m is None or name == self.name:
+            return False
+        ltime = self.member_clock.time()
+        self.member_clock.increment()
+        msg = sm.LeaveIntent(ltime, name)
+        if self._handle_leave_intent(msg, now):
+            self._broadcast(sm.encode(msg), "intent:" + name)
+        if prune and m.status == MemberStatus.LEFT and name in self._left:
+            self._left.remove(name)
+            del self._members[name]
+            self.stats.count("reaped")
+            self._emit_member(MemberEventKind.REAP, m)
+        self._pump(now)
+        return True
+
     @property
     def tags(self) -> dict[str, str]:
         return dict(self._tags)

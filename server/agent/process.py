@@ -379,6 +379,16 @@ class Agent:
             [parse_address(a if ":" in a else f"{a}:8301") for a in addresses]
         )
 
+    async def force_leave(self, node: str, *, prune: bool = False, wan: bool = False) -> None:
+        """``consul force-leave``: mark a failed member left (and with ``prune`` forget it);
+        Consul's errors for an unknown node and for this agent itself."""
+        if wan:
+            raise HTTPError(500, "No WAN pool on this agent")
+        if node == self.config.node_name:
+            raise HTTPError(500, "Can't force-leave the agent itself")
+        if self.serf is None or not await self.serf.force_leave(node, prune):
+            raise HTTPError(500, f"No node found with name '{node}'")
+
     async def reload(self) -> None:
         """Re-read the configuration (``/v1/agent/reload``, SIGHUP) and apply what Consul
         reloads (``RELOADABLE``). A configuration that no longer loads is refused with its

@@ -140,6 +140,18 @@ async def scenario(servers: list[ServerProc], client: ServerProc) -> None:
         passing = await get_json(session, survivors[0].base + "/v1/health/service/web?passing")
         assert passing == []
 
+        # force-leave: the failed client becomes "left" and the leader deregisters it.
+        async with session.put(survivors[0].base + "/v1/agent/force-leave/c1") as resp:
+            assert resp.status == 200, await resp.text()
+        async with session.put(survivors[0].base + "/v1/agent/force-leave/nobody") as resp:
+            assert resp.status == 500 and "No node found" in await resp.text()
+
+        async def c1_gone() -> bool:
+            nodes = await get_json(session, survivors[1].base + "/v1/catalog/nodes")
+            return "c1" not in {n["Node"] for n in nodes}
+
+        await eventually(c1_gone, 30, "c1 deregistered after force-leave")
+
 
 def test_client_agent_relays_to_servers(datacenter: tuple[list[ServerProc], ServerProc]) -> None:
     servers, client = datacenter

@@ -391,6 +391,33 @@ def test_crash_is_failed_everywhere() -> None:
         assert any(isinstance(r, snap.SnapshotNotAlive) and r.name == "c" for r in c[label].records)
 
 
+def test_force_leave_turns_a_failed_member_left_everywhere() -> None:
+    c = cluster_of("abcd")
+    c.crash("c")
+    c.run_for(60)
+    assert c.all_see("c", MemberStatus.FAILED)
+    assert c["a"].serf.force_leave("c", prune=False, now=c.now)
+    c.run_for(10)
+    for label in "abd":
+        assert c[label].status("c") == MemberStatus.LEFT
+        assert len(c[label].member_events(MemberEventKind.LEAVE, "c")) == 1
+    assert not c["a"].serf.force_leave("nobody", prune=False, now=c.now)
+
+
+def test_force_leave_of_an_alive_member_is_refuted_and_prune_forgets_a_failed_one() -> None:
+    c = cluster_of("abc")
+    c["a"].serf.force_leave("b", prune=False, now=c.now)
+    c.run_for(10)
+    assert c.all_see("b", MemberStatus.ALIVE)
+    c.crash("c")
+    c.run_for(60)
+    assert c["a"].serf.force_leave("c", prune=True, now=c.now)
+    assert c["a"].status("c") is None
+    c.run_for(10)
+    assert len(c["a"].member_events(MemberEventKind.REAP, "c")) == 1
+    assert c["b"].status("c") == MemberStatus.LEFT
+
+
 def test_reconnect_after_partition_heals() -> None:
     c = cluster_of("abc")
     c.partition("ab", "c")
