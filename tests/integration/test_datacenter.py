@@ -412,6 +412,23 @@ async def scenario(dc: Datacenter) -> dict[str, float]:
             return True
 
         await eventually(members_everywhere, 30, "all six members alive on every agent")
+
+        # The CLI's `members` against a client agent: six rows, each with its type.
+        cli = await asyncio.create_subprocess_exec(
+            *proconsul(),
+            "members",
+            f"-http-addr=127.0.0.1:{c2.http}",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(cli.communicate(), 30)
+        assert cli.returncode == 0, err
+        rows = [line.split() for line in out.decode().splitlines()[1:] if line.strip()]
+        types = {row[0]: row[3] for row in rows}
+        assert types == {f"s{i}": "server" for i in (1, 2, 3)} | {
+            f"c{i}": "client" for i in (1, 2, 3)
+        }, out.decode()
+        assert all(row[2] == "alive" for row in rows)
     await dc.backend.stop()
     return measured
 
