@@ -4,7 +4,7 @@ and prints and exits as Consul's does (``server.clicmd.base``).
 
 One module per command group: ``agent`` (members, join, leave, force-leave, reload, info,
 monitor, maint, keygen, keyring, event), ``kv``, ``catalog`` (catalog and services),
-``operator``, ``snapshot``, ``watch``, ``lock``.
+``operator``, ``snapshot``, ``watch``, ``lock``, ``tls``.
 
 ``dispatch(argv)`` runs the longest command name that prefixes ``argv`` (``operator raft
 list-peers``), as mitchellh/cli does; a group name alone prints the group's subcommands.
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import IO
 
-from server.clicmd import agent, catalog, kv, lock, operator, snapshot, watch  # noqa: F401
+from server.clicmd import agent, catalog, kv, lock, operator, snapshot, tls, watch  # noqa: F401
 from server.clicmd.base import COMMANDS, run_command
 
 __all__ = ["GROUPS", "dispatch", "main_help", "owns"]
@@ -30,6 +30,9 @@ GROUPS = {
     "operator raft": "Provides cluster-level tools for Consul operators",
     "operator autopilot": "Provides tools for modifying Autopilot configuration",
     "snapshot": "Saves, restores and inspects snapshots of Consul server state",
+    "tls": "Builtin helpers for creating CAs and certificates",
+    "tls ca": "Helpers for CAs",
+    "tls cert": "Helpers for certificates",
 }
 
 #: Commands ``server.cli`` implements itself.
