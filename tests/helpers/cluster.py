@@ -108,6 +108,28 @@ def make_servers(tmp_path: Path, n: int, expect: int = 3, first: int = 1) -> lis
     return servers
 
 
+def make_client(tmp_path: Path, name: str, servers: list[ServerProc], *extra: str) -> ServerProc:
+    """A client agent (no ``-server``) retry-joining ``servers``, with dev Raft timing (the
+    config file ``make_servers`` wrote) and DNS off; ``extra`` flags are appended."""
+    http, serf = free_ports(2)
+    client = ServerProc(name, http, 0, serf, tmp_path / name, tmp_path / f"{name}.log", args=[])
+    client.args = [
+        *proconsul(),
+        "agent",
+        f"-node={name}",
+        f"-data-dir={client.data_dir}",
+        "-bind=127.0.0.1",
+        "-client=127.0.0.1",
+        f"-http-port={http}",
+        f"-serf-lan-port={serf}",
+        "-dns-port=-1",
+        f"-config-file={tmp_path / 'dev-timing.json'}",
+        *(f"-retry-join=127.0.0.1:{s.serf}" for s in servers),
+        *extra,
+    ]
+    return client
+
+
 def server_args(s: ServerProc, config: Path, expect: int, joins: list[str]) -> list[str]:
     return [
         *proconsul(),

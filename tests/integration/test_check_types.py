@@ -577,28 +577,14 @@ def test_script_and_http_outputs_keep_their_last_4k(agent: Client, tmp_path: Pat
 def test_alias_node_check_on_a_client_agent(tmp_path: Path) -> None:
     """A client agent has no catalog of its own: its alias check reads the node's checks
     through its HTTP API, which relays the blocking query to a server."""
-    from helpers.cluster import ServerProc, free_ports, make_servers, proconsul
+    from helpers.cluster import make_client, make_servers
 
     (server,) = make_servers(tmp_path, 1, expect=1)
-    http, serf = free_ports(2)
-    client = ServerProc("c1", http, 0, serf, tmp_path / "c1", tmp_path / "c1.log", args=[])
-    client.args = [
-        *proconsul(),
-        "agent",
-        "-node=c1",
-        f"-data-dir={client.data_dir}",
-        "-bind=127.0.0.1",
-        "-client=127.0.0.1",
-        f"-http-port={http}",
-        f"-serf-lan-port={serf}",
-        "-dns-port=-1",
-        f"-config-file={tmp_path / 'dev-timing.json'}",
-        f"-retry-join=127.0.0.1:{server.serf}",
-    ]
+    client = make_client(tmp_path, "c1", [server])
     try:
         server.start()
         client.start()
-        srv, cli = Client(server.http), Client(http)
+        srv, cli = Client(server.http), Client(client.http)
 
         def leader() -> bool:
             try:

@@ -18,10 +18,9 @@ import aiohttp
 import pytest
 from helpers.cluster import (
     ServerProc,
-    free_ports,
     get_json,
+    make_client,
     make_servers,
-    proconsul,
     wait_for_leader,
 )
 
@@ -31,21 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 @pytest.fixture
 def procs(tmp_path: Path) -> Iterator[tuple[list[ServerProc], ServerProc]]:
     servers = make_servers(tmp_path, 3)
-    http, serf = free_ports(2)
-    client = ServerProc("c1", http, 0, serf, tmp_path / "c1", tmp_path / "c1.log", args=[])
-    client.args = [
-        *proconsul(),
-        "agent",
-        "-node=c1",
-        f"-data-dir={client.data_dir}",
-        "-bind=127.0.0.1",
-        "-client=127.0.0.1",
-        f"-http-port={http}",
-        f"-serf-lan-port={serf}",
-        "-dns-port=-1",
-        f"-config-file={tmp_path / 'dev-timing.json'}",
-        *(f"-retry-join=127.0.0.1:{s.serf}" for s in servers),
-    ]
+    client = make_client(tmp_path, "c1", servers)
     everyone = [*servers, client]
     try:
         yield servers, client
