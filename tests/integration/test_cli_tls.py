@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.agentproc import proconsul
@@ -119,8 +120,11 @@ class EchoServer:
             try:
                 with self.context.wrap_socket(raw, server_side=True) as conn:
                     cert = conn.getpeercert()
-                    subject = dict(x[0] for x in cert.get("subject", ())) if cert else {}
-                    self.peers.append(str(subject.get("commonName", "")))
+                    subject: Any = (cert or {}).get("subject", ())
+                    names = [
+                        str(value) for rdn in subject for key, value in rdn if key == "commonName"
+                    ]
+                    self.peers.append(names[0] if names else "")
                     data = conn.recv(100)
                     conn.sendall(b"echo:" + data)
             except (ssl.SSLError, OSError) as exc:

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from server.clicmd import COMMANDS, dispatch
-from server.clicmd.base import run_command
+from server.clicmd import dispatch
+from server.clicmd.base import COMMANDS, run_command
 from server.clicmd.tls import (
     SERVER_WARNING,
     TLSError,
