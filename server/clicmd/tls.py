@@ -332,6 +332,7 @@ def verify_cert(ca_pem: str, cert_pem: str, dns_name: str) -> None:
         leaf = parse_cert(cert_pem)
     except TLSError:
         raise TLSError("failed to parse certificate") from None
+    _check_name_constraints(root, leaf)
     verifier = (
         PolicyBuilder()
         .store(Store([root]))
@@ -347,6 +348,39 @@ def verify_cert(ca_pem: str, cert_pem: str, dns_name: str) -> None:
         raise TLSError("x509: certificate has expired or is not yet valid")
     if now > leaf.not_valid_after_utc or now > root.not_valid_after_utc:
         raise TLSError("x509: certificate has expired or is not yet valid")
+
+
+def _dns_permitted(name: str, constraint: str) -> bool:
+    """RFC 5280 DNS name constraints as Go matches them: ``example.com`` permits itself and
+    its subdomains, ``.example.com`` only its subdomains (case-insensitive)."""
+    name = name.lower().rstrip(".")
+    constraint = constraint.lower().rstrip(".")
+    if not constraint:
+        return True
+    if constraint.startswith("."):
+        return name.endswith(constraint)
+    return name == constraint or name.endswith("." + constraint)
+
+
+def _check_name_constraints(root: x509.Certificate, leaf: x509.Certificate) -> None:
+    """Refuse, with Go's message, a DNS SAN the CA's permitted subtrees do not cover."""
+    try:
+        nc = root.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return
+    permitted = [n.value for n in nc.permitted_subtrees or [] if isinstance(n, x509.DNSName)]
+    if not permitted:
+        return
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return
+    for name in san.get_values_for_type(x509.DNSName):
+        if not any(_dns_permitted(name, c) for c in permitted):
+            raise TLSError(
+                "x509: a root or intermediate certificate is not authorized to sign for this "
+                f'name: DNS name "{name}" is not permitted by any constraint'
+            )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -380,7 +380,10 @@ def test_name_constrained_ca_refuses_foreign_names(cwd: Path) -> None:
     ok("tls", "ca", "create", "-name-constraint", "-additional-name-constraint=example.com")
     ok("tls", "cert", "create", "-server", "-additional-dnsname", "a.example.com")
     err = fail("tls", "cert", "create", "-server", "-additional-dnsname", "evil.org")
-    assert err.startswith("x509: certificate verification failed:")
+    assert err == (
+        "x509: a root or intermediate certificate is not authorized to sign for this name: "
+        'DNS name "evil.org" is not permitted by any constraint'
+    )
     assert not Path("dc1-server-consul-1.pem").exists()
     assert not Path("dc1-server-consul-1-key.pem").exists()
 
@@ -453,3 +456,15 @@ def test_groups_and_help(cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, err = io.StringIO(), io.StringIO()
     assert dispatch(["tls", "ca", "create"], out, err) == 0
     assert out.getvalue().startswith("==> Saved consul-agent-ca.pem\n")
+
+
+def test_dns_name_constraint_matching() -> None:
+    from server.clicmd.tls import _dns_permitted
+
+    assert _dns_permitted("consul", "consul")
+    assert _dns_permitted("server.dc1.consul", "consul")
+    assert _dns_permitted("*.server.dc1.CONSUL", "consul")
+    assert not _dns_permitted("notconsul", "consul")
+    assert not _dns_permitted("consul.evil", "consul")
+    assert _dns_permitted("a.example.com", ".example.com")
+    assert not _dns_permitted("example.com", ".example.com")
