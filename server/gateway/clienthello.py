@@ -138,7 +138,7 @@ class ClientHelloParser:
             chunk = bytes(data)
             self._buf += chunk[:room]
             result = self._advance()
-            if isinstance(result, NeedMore) and len(chunk) > room:
+            if isinstance(result, NeedMore) and (len(chunk) > room or len(self._buf) >= self._max):
                 raise ClientHelloError(
                     ErrorReason.TOO_BIG,
                     f"no complete ClientHello within the first {self._max} bytes",

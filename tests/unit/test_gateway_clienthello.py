@@ -322,6 +322,13 @@ def test_too_big_over_many_records() -> None:
     assert isinstance(parse_client_hello(data, max_bytes=len(data)), ClientHello)
 
 
+def test_too_big_when_bound_reached_mid_header() -> None:
+    # three 1-byte records (18 bytes) and a partial fourth header fill a 22-byte bound exactly:
+    # nothing more can fit, so the parser says so at once instead of waiting
+    data = reframe(HELLOS[NAMES[0]], [1] * 10)
+    expect_error(data[:22], ErrorReason.TOO_BIG, max_bytes=22)
+
+
 def test_error_is_sticky() -> None:
     parser = ClientHelloParser()
     with pytest.raises(ClientHelloError):
