@@ -40,6 +40,7 @@ from aiohttp import web
 from gossip.demo import parse_address
 from gossip.node import GossipNode, MemberInfo
 from gossip.serf import MemberEvent, MemberEventKind, Serf
+from gossip.transport import TransportError
 from raft.core.types import Membership, Server
 from raft.node import RaftNode
 from raft.storage.base import RaftStorage, SnapshotStore
@@ -242,7 +243,7 @@ class Agent:
         await self._runner.setup()
         await LeanSite(self._runner, self.ctx, cfg.http_bind, cfg.http_port).start()
         tags = build_tags(cfg, self.node_id, has_state=has_state)
-        self.serf = await start_lan_serf(cfg, tags, self._on_serf_event)
+        self.serf = await self._start_serf(tags)
         self.ctx.serf_lan = self.serf
         if has_state or not cfg.bootstrap_expect:
             await self._start_raft()
@@ -273,9 +274,7 @@ class Agent:
         self._runner = web.AppRunner(build_app(self.ctx), access_log=None, shutdown_timeout=5.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, cfg.http_bind, cfg.http_port).start()
-        self.serf = await start_lan_serf(
-            cfg, build_tags(cfg, self.node_id, has_state=False), self._on_serf_event
-        )
+        self.serf = await self._start_serf(build_tags(cfg, self.node_id, has_state=False))
         self.ctx.serf_lan = self.serf
         joins = list(cfg.start_join) + list(cfg.retry_join)
         if joins:
@@ -292,6 +291,24 @@ class Agent:
             http=f"{cfg.http_bind}:{cfg.http_port}",
             serf_lan=f"{self.serf.local_address[0]}:{self.serf.local_address[1]}",
         )
+
+    async def _start_serf(self, tags: dict[str, str]) -> GossipNode[Serf]:
+        """Start the LAN serf. ``-dev`` agents started side by side can race for the same
+        free port (checked free, taken by the other before we bind): in dev mode only, a
+        failed bind retries on a fresh free port."""
+        cfg = self.config
+        for attempt in range(5):
+            try:
+                return await start_lan_serf(cfg, tags, self._on_serf_event)
+            except TransportError:
+                if not cfg.dev or attempt == 4:
+                    raise
+                cfg = dataclasses.replace(
+                    cfg, serf_lan_port=_free_port(cfg.bind_addr or "127.0.0.1")
+                )
+                self.config = cfg
+                self.ctx.config = cfg
+        raise AssertionError("unreachable")
 
     async def _rebalance_servers(self) -> None:
         """Spread client agents over the servers: pick a new preferred server every
