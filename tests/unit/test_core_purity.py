@@ -30,6 +30,8 @@ CORE_FILES = sorted(
             )
         ),
         *ROOT.glob("gossip/serf/*.py"),
+        *ROOT.glob("server/gateway/*.py"),
+        ROOT / "server" / "dns" / "names.py",
     ]
 )
 
