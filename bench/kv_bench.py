@@ -64,11 +64,9 @@ import datetime
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,8 +84,8 @@ from raft_bench import (  # bench/ is not a package: found through sys.path
     loadavg,
     machine_info,
     poll,
+    run_bench,
     run_wrk,
-    terminate_on_sigterm,
 )
 
 KEYS = 1024
@@ -633,30 +631,7 @@ def main() -> int:
         py_spy()
 
     ensure_tools(need_etcd=not args.skip_etcd, install=not args.no_install)
-    root = Path(tempfile.mkdtemp(prefix="kv-bench-"))
-    procs = Processes(root)
-    status = 1
-    try:
-        with terminate_on_sigterm():
-            result = run(args, root, procs)
-        print(json.dumps(result, indent=2) if args.json else render(result), flush=True)
-        status = 0
-    except BenchError as exc:
-        log(f"FAILED: {exc}")
-        print(procs.log_tails(), file=sys.stderr)
-    except KeyboardInterrupt:
-        log("interrupted")
-        status = 130
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        log("stopping every process started")
-        procs.stop_all()
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    return status
+    return run_bench("kv-bench-", args, run, render, log)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -669,28 +669,22 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--seconds", type=float, default=10.0, help="length of each measured run")
-    p.add_argument("--warmup", type=float, default=2.0, help="length of each warm-up run")
-    p.add_argument("--skip-etcd", action="store_true", help="measure only our cluster")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    p.add_argument("--no-install", action="store_true", help="never apt-get install tools")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir and its logs")
-    args = p.parse_args()
-    if args.seconds <= 0:
-        p.error("--seconds must be positive")
-
-    ensure_tools(need_etcd=not args.skip_etcd, install=not args.no_install)
-    root = Path(tempfile.mkdtemp(prefix="raft-bench-"))
+def run_bench(
+    prefix: str,
+    args: argparse.Namespace,
+    run_fn: Callable[[argparse.Namespace, Path, Processes], dict[str, Any]],
+    render_fn: Callable[[dict[str, Any]], str],
+    log: Callable[[str], None] = log,
+) -> int:
+    """Run one benchmark in a fresh temp dir: every process it starts is stopped (by PID)
+    whatever happens, the result printed as text or ``--json``; returns the exit status."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     procs = Processes(root)
     status = 1
     try:
         with terminate_on_sigterm():
-            result = run(args, root, procs)
-        print(json.dumps(result, indent=2) if args.json else render(result), flush=True)
+            result = run_fn(args, root, procs)
+        print(json.dumps(result, indent=2) if args.json else render_fn(result), flush=True)
         status = 0
     except BenchError as exc:
         log(f"FAILED: {exc}")
@@ -709,6 +703,24 @@ def main() -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
     return status
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each measured run")
+    p.add_argument("--warmup", type=float, default=2.0, help="length of each warm-up run")
+    p.add_argument("--skip-etcd", action="store_true", help="measure only our cluster")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("--no-install", action="store_true", help="never apt-get install tools")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir and its logs")
+    args = p.parse_args()
+    if args.seconds <= 0:
+        p.error("--seconds must be positive")
+
+    ensure_tools(need_etcd=not args.skip_etcd, install=not args.no_install)
+    return run_bench("raft-bench-", args, run, render)
 
 
 if __name__ == "__main__":

@@ -56,11 +56,9 @@ import asyncio
 import contextlib
 import datetime
 import json
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +84,7 @@ from raft_bench import (
     loadavg,
     machine_info,
     poll,
-    terminate_on_sigterm,
+    run_bench,
 )
 
 CONSUL_8990_PER_SECOND = 26.5  # Consul issue #8990: registrations/s through one agent
@@ -470,30 +468,7 @@ def main() -> int:
     if args.services <= 0 or args.concurrency <= 0 or args.rounds <= 0:
         p.error("--services, --concurrency and --rounds must be positive")
 
-    root = Path(tempfile.mkdtemp(prefix="register-bench-"))
-    procs = Processes(root)
-    status = 1
-    try:
-        with terminate_on_sigterm():
-            result = run(args, root, procs)
-        print(json.dumps(result, indent=2) if args.json else render(result), flush=True)
-        status = 0
-    except BenchError as exc:
-        log(f"FAILED: {exc}")
-        print(procs.log_tails(), file=sys.stderr)
-    except KeyboardInterrupt:
-        log("interrupted")
-        status = 130
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        log("stopping every process started")
-        procs.stop_all()
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    return status
+    return run_bench("register-bench-", args, run, render, log)
 
 
 if __name__ == "__main__":
