@@ -173,29 +173,29 @@ class Catalog:
     # --- writes ----------------------------------------------------------------------------
 
     async def register(self, request: web.Request) -> web.Response:
-        body = await read_json(request, empty={})
-        dc = self._check_datacenter(request, body)
-        try:
-            req = normalize_register_request(body)
-        except RequestDecodeError as exc:
-            raise HTTPError(400, f"Request decode failed: {exc}") from None
-        except StateError as exc:
-            raise HTTPError(500, str(exc)) from None
-        req["Datacenter"] = dc
-        await self.ctx.apply(MessageType.REGISTER, req)
-        return json_response(request, True)
+        return await self._write(request, normalize_register_request, MessageType.REGISTER)
 
     async def deregister(self, request: web.Request) -> web.Response:
+        return await self._write(request, normalize_deregister_request, MessageType.DEREGISTER)
+
+    async def _write(
+        self,
+        request: web.Request,
+        normalize: Callable[[Any], dict[str, Any]],
+        kind: MessageType,
+    ) -> web.Response:
+        """Decode, validate as Consul's RPC endpoint does (400 for a body that does not decode,
+        500 with Consul's text for a refused request), then apply through Raft."""
         body = await read_json(request, empty={})
         dc = self._check_datacenter(request, body)
         try:
-            req = normalize_deregister_request(body)
+            req = normalize(body)
         except RequestDecodeError as exc:
             raise HTTPError(400, f"Request decode failed: {exc}") from None
         except StateError as exc:
             raise HTTPError(500, str(exc)) from None
         req["Datacenter"] = dc
-        await self.ctx.apply(MessageType.DEREGISTER, req)
+        await self.ctx.apply(kind, req)
         return json_response(request, True)
 
     # --- reads -----------------------------------------------------------------------------
