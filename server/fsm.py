@@ -109,6 +109,20 @@ def encode_kvs(op: str, entry: DirEntry) -> bytes:
     return encode_command(MessageType.KVS, {"Op": op, "DirEnt": encode_entry(entry)})
 
 
+_HANDLERS: dict[MessageType, Any] | None = None
+
+
+def _handlers() -> dict[MessageType, Any]:
+    """``server.commands.HANDLERS``, imported on first use (the command modules import this
+    module, so it cannot be imported at the top)."""
+    global _HANDLERS
+    if _HANDLERS is None:
+        from server.commands import HANDLERS
+
+        _HANDLERS = dict(HANDLERS)
+    return _HANDLERS
+
+
 class ConsulFSM:
     """``raft.node.StateMachine`` over a ``StateStore``. Readers must always go through
     ``fsm.store``: ``restore`` replaces it (and abandons the old one, waking its watchers)."""
@@ -125,9 +139,7 @@ class ConsulFSM:
         kind, body = decode_command(command)
         if kind == MessageType.KVS:
             return self._apply_kvs(index, body)
-        from server.commands import HANDLERS  # late: command modules import this one
-
-        handler = HANDLERS.get(kind)
+        handler = _handlers().get(kind)
         if handler is None:
             raise UnknownCommandError(
                 f"command type {kind.name} ({int(kind)}) is not supported yet"

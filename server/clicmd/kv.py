@@ -282,35 +282,27 @@ Usage: consul kv put [options] KEY [DATA]
             params["flags"] = ctx["flags"]
         path = _kv_path(key)
         client = ctx.client
-        if ctx["cas"]:
-            params["cas"] = ctx["modify-index"]
+        # Consul's messages for the conditional writes: (flag, param, its value, error prefix,
+        # refusal, success).
+        conditional = (
+            ("cas", "cas", ctx["modify-index"], f"Error! Did not write to {key}",
+             f"Error! Did not write to {key}: CAS failed", f"Success! Data written to: {key}"),
+            ("acquire", "acquire", ctx["session"], "Error! Failed writing data",
+             "Error! Did not acquire lock", f"Success! Lock acquired on: {key}"),
+            ("release", "release", ctx["session"], "Error! Failed writing data",
+             "Error! Did not release lock", f"Success! Lock released on: {key}"),
+        )  # fmt: skip
+        for flag, param, param_value, failed, refused, succeeded in conditional:
+            if not ctx[flag]:
+                continue
+            params[param] = param_value
             try:
                 ok = client.put(path, value, params).json()
             except APIError as exc:
-                raise Fail(f"Error! Did not write to {key}: {exc}") from None
+                raise Fail(f"{failed}: {exc}") from None
             if not ok:
-                raise Fail(f"Error! Did not write to {key}: CAS failed")
-            ctx.out(f"Success! Data written to: {key}")
-            return 0
-        if ctx["acquire"]:
-            params["acquire"] = ctx["session"]
-            try:
-                ok = client.put(path, value, params).json()
-            except APIError as exc:
-                raise Fail(f"Error! Failed writing data: {exc}") from None
-            if not ok:
-                raise Fail("Error! Did not acquire lock")
-            ctx.out(f"Success! Lock acquired on: {key}")
-            return 0
-        if ctx["release"]:
-            params["release"] = ctx["session"]
-            try:
-                ok = client.put(path, value, params).json()
-            except APIError as exc:
-                raise Fail(f"Error! Failed writing data: {exc}") from None
-            if not ok:
-                raise Fail("Error! Did not release lock")
-            ctx.out(f"Success! Lock released on: {key}")
+                raise Fail(refused)
+            ctx.out(succeeded)
             return 0
         try:
             client.put(path, value, params)
