@@ -48,6 +48,7 @@ from server.state.catalog import CatalogTable
 from server.state.config_entries import ConfigEntryTable
 from server.state.connect_ca import ConnectCATable
 from server.state.coordinates import CoordinateTable
+from server.state.federation_states import FederationStateTable
 from server.state.graveyard import TABLE_TOMBSTONES, Graveyard, Tombstone
 from server.state.kvs import TABLE_KVS, DirEntry, KVTable, LockDelay, StateError
 from server.state.prepared_queries import PreparedQueryTable
@@ -220,6 +221,7 @@ class StateStore:
         self.prepared_queries = PreparedQueryTable(self._indexes)
         self.connect_ca = ConnectCATable(self._indexes)
         self.system = SystemTable(self._indexes)
+        self.federation_states = FederationStateTable(self._indexes)
         self._tables: tuple[StateTable, ...] = (
             self.catalog,
             self.coordinates,
@@ -227,6 +229,7 @@ class StateStore:
             self.prepared_queries,
             self.connect_ca,
             self.system,
+            self.federation_states,
         )
         # Sessions ask the catalog whether their node and checks exist (tests may stub it).
         self._node_exists = node_exists or self.catalog.node_exists
