@@ -7,12 +7,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint proto bench clean
+.PHONY: help venv run test test-deps demo lint proto bench clean
 
 help:
 	@echo "make run    dev agent, HTTP API on 127.0.0.1:8500"
 	@echo "make test   create the venv if needed, install, run the whole test suite"
 	@echo "            (extra pytest arguments: PYTEST_ARGS='-k raft -x')"
+	@echo "make demo   two datacenters federated through mesh gateways on 127.0.0.0/8 (no root),"
+	@echo "            in the foreground: prints what to try; Ctrl-C stops every process"
 	@echo "make lint   ruff check, ruff format --check, mypy (strict) on raft/, gossip/ and server/"
 	@echo "make proto  regenerate proto/*_pb2*.py from proto/*.proto"
 	@echo "make bench  run bench/raft_bench.py and bench/kv_bench.py (vs etcd), bench/gossip_bench.py (gossip.sim)"
@@ -45,8 +47,29 @@ $(STAMP): pyproject.toml | $(PY)
 run: venv
 	$(VENV)/bin/proconsul agent -dev
 
-test: venv
+test: venv test-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Debian packages some tests need: iproute2 (`ip`, for the network-namespace tests) and
+# docker-compose (`docker-compose config` validates examples/federation). Installed when
+# missing and root; otherwise those tests skip themselves, and this says so.
+test-deps:
+	@missing=""; \
+	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" -ne 0 ]; then \
+			echo "not root: tests that need$$missing will be skipped"; \
+		else \
+			echo "tests need$$missing: installing with apt-get"; \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+		fi; \
+	fi
+
+# Foreground; Ctrl-C (or SIGTERM) stops every agent and gateway it started. DEMO_ARGS are
+# passed on (e.g. DEMO_ARGS='--servers 1').
+demo: venv
+	$(PY) examples/federation/loopback.py $(DEMO_ARGS)
 
 # All three checks run; the target fails if any of them failed.
 lint: venv
