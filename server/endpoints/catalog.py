@@ -6,7 +6,7 @@
   RPC errors are; a body that does not decode is a 400 ``Request decode failed: ...``.
   The datacenter is the body's ``Datacenter`` (default: this agent's); another one is
   ``No path to datacenter`` until federation exists.
-* ``GET /v1/catalog/datacenters``: this datacenter.
+* ``GET /v1/catalog/datacenters``: every datacenter the WAN pool knows, this one first.
 * ``GET /v1/catalog/nodes``, ``/services``, ``/service/<name>``, ``/connect/<name>``,
   ``/node/<name>``, ``/node-services/<name>``, ``/gateway-services/<name>``: blocking reads
   with ``?index``/``?wait``, ``?filter`` (go-bexpr), ``?node-meta=k:v`` (repeatable) and
@@ -201,7 +201,10 @@ class Catalog:
     # --- reads -----------------------------------------------------------------------------
 
     async def datacenters(self, request: web.Request) -> web.Response:
-        return json_response(request, [self.ctx.config.datacenter])
+        router = getattr(self.ctx, "router", None)
+        if router is None:
+            return json_response(request, [self.ctx.config.datacenter])
+        return json_response(request, router.datacenters())
 
     async def nodes(self, request: web.Request) -> web.Response:
         opts = self.ctx.options(request)

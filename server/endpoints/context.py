@@ -104,6 +104,13 @@ class ServerContext:
         #: The LAN serf (``gossip.node.GossipNode``) and WAN serf, when running.
         self.serf_lan: Any = None
         self.serf_wan: Any = None
+        #: WAN federation (servers only; set by the agent): the WAN router
+        #: (``server.federation.router.Router``), cross-datacenter RPC
+        #: (``server.federation.remote.RemoteRPC``) and, when federating through mesh
+        #: gateways, the gateway locator (``server.federation.locator.GatewayLocator``).
+        self.router: Any = None
+        self.remote: Any = None
+        self.locator: Any = None
         #: The agent itself (for leave/reload/self); set by the agent.
         self.agent: Any = None
         self.started_at = time.time()
