@@ -1,6 +1,7 @@
 """Point 1 of issue 6's proof: in the wanfed topology a server of one datacenter cannot open a
 TCP connection to a server of the other (so traditional federation is impossible there),
-while servers reach their own LAN and gateways reach their LAN and the WAN link.
+while servers reach their own LAN, gateways reach their LAN and the WAN link, and the
+secondary's servers reach the gateways' WAN addresses (what ``primary_gateways`` needs).
 
 A listener runs on every node, so a failed connection means "no route", not "nothing
 listening". The management links (198.19.<k>.0/30, one per node, to the root namespace) do not
@@ -29,38 +30,42 @@ def test_servers_of_different_dcs_cannot_connect(
         routes = in_ns(ns, "ip", "-4", "route", "show", "default").stdout.strip()
         assert routes == "", f"{ns} has a default route: {routes}"
 
+    # dc1 (the primary): its servers reach their LAN only.
     s1, s2 = dc1.servers
     remote = dc2.servers[0]
+    unreachable = [
+        remote.ip_on("lan"),  # the other dc's server address
+        remote.ip_on("egress"),  # ... and its egress address
+        dc2.gateways[0].ip_on("lan"),  # the other dc's gateway, LAN side
+        dc2.gateways[0].ip_on("wan"),  # ... and WAN side: primary servers are not on the WAN
+        remote.mgmt_ip,  # the management links are no path either
+    ]
+    reachable = [s2.ip_on("lan"), dc1.gateways[0].ip_on("lan")]
     started = time.monotonic()
-    result = tcp_probe(
-        s1.ns,
-        [
-            remote.ip_on("lan"),  # the other dc's server
-            dc2.gateways[0].ip_on("lan"),  # the other dc's gateway, LAN side
-            dc2.gateways[0].ip_on("wan"),  # ... and WAN side: servers are not on the WAN
-            s2.ip_on("lan"),  # own dc peer
-            dc1.gateways[0].ip_on("lan"),  # own gateway
-            remote.mgmt_ip,  # the management links are no path either
-        ],
-        timeout=2.0,
-    )
+    result = tcp_probe(s1.ns, unreachable + reachable, timeout=2.0)
     elapsed = time.monotonic() - started
-    assert result[s2.ip_on("lan")] == "ok", result
-    assert result[dc1.gateways[0].ip_on("lan")] == "ok", result
-    for other in (
-        remote.ip_on("lan"),
-        dc2.gateways[0].ip_on("lan"),
-        dc2.gateways[0].ip_on("wan"),
-        remote.mgmt_ip,
-    ):
-        assert result[other] != "ok", f"{s1.name} reached {other}: {result}"
+    for host in reachable:
+        assert result[host] == "ok", f"{s1.name} cannot reach {host}: {result}"
+    for host in unreachable:
+        assert result[host] != "ok", f"{s1.name} reached {host}: {result}"
     # Unroutable, not merely slow: each failed attempt ends within its 2 s timeout.
-    assert elapsed < 2.0 * 4 + 3, f"probes took {elapsed:.1f}s: {result}"
+    assert elapsed < 2.0 * len(unreachable) + 3, f"probes took {elapsed:.1f}s: {result}"
 
-    # The other direction too, for every server pair across the dcs.
-    for a, b in ((dc2.servers[1], dc1.servers[1]), (dc1.servers[1], dc2.servers[1])):
-        r = tcp_probe(a.ns, [b.ip_on("lan")], timeout=2.0)
-        assert r[b.ip_on("lan")] != "ok", f"{a.name} reached {b.name}: {r}"
+    # dc2 (a secondary): its servers reach their LAN and, through their egress link, the
+    # gateways' WAN addresses (primary_gateways) — but no address of a dc1 server or of dc1's
+    # LAN.
+    a = dc2.servers[1]
+    unreachable = [*(s.ip_on("lan") for s in dc1.servers), dc1.gateways[0].ip_on("lan")]
+    reachable = [
+        dc2.servers[0].ip_on("lan"),
+        dc2.gateways[0].ip_on("lan"),
+        *(g.ip_on("wan") for g in dc1.gateways),
+    ]
+    result = tcp_probe(a.ns, unreachable + reachable, timeout=2.0)
+    for host in reachable:
+        assert result[host] == "ok", f"{a.name} cannot reach {host}: {result}"
+    for host in unreachable:
+        assert result[host] != "ok", f"{a.name} reached {host}: {result}"
 
     # Gateways: their LAN peers and the other dc's gateways' WAN addresses, but not the other
     # dc's LAN.

@@ -290,9 +290,16 @@ class DC:
 
 
 def build_wanfed(topo: Topology, servers_per_dc: int, gateways_per_dc: int = 2) -> list[DC]:
-    """Two datacenters whose servers are only on their own LAN bridge; their gateways are on
-    the LAN bridge and on the shared WAN bridge. Servers: 198.18.<dc>.1x; gateways:
-    198.18.<dc>.10x on the LAN and 198.18.0.<dc>x on the WAN."""
+    """Two datacenters whose server addresses are only on their own LAN bridge; their gateways
+    are on the LAN bridge and on the shared WAN bridge.
+
+    Addresses: servers 198.18.<dc>.1x (``lan``); gateways 198.18.<dc>.10x (``lan``) and
+    198.18.0.<dc>x (``wan``). The secondary's (dc2's) servers also get an *egress* link on the
+    WAN bridge (198.18.0.2<dc>x, network name ``egress``): Consul's handshake needs a secondary
+    server to dial the primary's gateways (``primary_gateways``, their WAN addresses) directly,
+    at cold start and in the leader's fallback. Their server address stays the LAN one, and the
+    primary's servers have no WAN link at all, so no server can reach a server address of the
+    other datacenter."""
     dcs = [DC("dc1", 1), DC("dc2", 2)]
     for dc in dcs:
         topo.add_bridge(f"br-{dc.name}")
@@ -301,6 +308,8 @@ def build_wanfed(topo: Topology, servers_per_dc: int, gateways_per_dc: int = 2) 
         for i in range(1, servers_per_dc + 1):
             node = topo.add_node(f"s{i}-{dc.name}")
             topo.attach(node, "lan", f"br-{dc.name}", f"{lan_ip(dc.index, 10 + i)}/24")
+            if dc.index > 1:
+                topo.attach(node, "egress", "br-wan", f"{wan_ip(200 + 10 * dc.index + i)}/24")
             dc.servers.append(node)
         for i in range(1, gateways_per_dc + 1):
             node = topo.add_node(f"g{i}-{dc.name}")
