@@ -191,5 +191,12 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
 
 def load_runtime_config(args: argparse.Namespace) -> RuntimeConfig:
     """The agent's ``RuntimeConfig`` from parsed ``proconsul agent`` flags: dev defaults, then
-    config files/dirs, then ``-hcl`` fragments, then flags. Raises ``ConfigError``."""
-    return load(options_from_args(args))
+    config files/dirs, then ``-hcl`` fragments, then flags. Raises ``ConfigError``, also for
+    TLS files that cannot be read (the agent reads them again when it starts)."""
+    cfg = load(options_from_args(args))
+    from server.tlsutil import TLSSettings, raft_tls_config  # imports grpc: only for agents
+
+    tls = TLSSettings.from_config(cfg)
+    if tls is not None and cfg.server:
+        raft_tls_config(tls, cfg.datacenter, cfg.domain)  # refuses a ca_path without ca_file
+    return cfg
