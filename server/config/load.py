@@ -679,23 +679,8 @@ def build(
             )
 
     wan_fed = bool(connect.get("enable_mesh_gateway_wan_federation", False))
-    if wan_fed and not server:
-        raise fail(
-            "connect.enable_mesh_gateway_wan_federation",
-            "'connect.enable_mesh_gateway_wan_federation = true' requires 'server = true'",
-        )
-    if wan_fed and "/" in node_name:
-        raise fail(
-            "node_name",
-            "'connect.enable_mesh_gateway_wan_federation = true' requires that 'node_name' "
-            "not contain '/' characters",
-        )
-    if wan_fed and g("retry_join_wan"):
-        raise fail(
-            "retry_join_wan",
-            "'retry_join_wan' is incompatible with "
-            "'connect.enable_mesh_gateway_wan_federation = true'",
-        )
+    if wan_fed:
+        _check_wan_federation(g, server, node_name, connect, fail)
     primary_gateways = tuple(g("primary_gateways", []))
     if primary_gateways:
         if not server:
@@ -705,6 +690,8 @@ def build(
                 "primary_gateways",
                 "'primary_gateways' should only be configured in a secondary datacenter",
             )
+        for entry in primary_gateways:
+            _check_gateway_address(entry, fail)
     ca_provider = connect.get("ca_provider", "")
     if ca_provider not in ("", "consul", "vault", "aws-pca"):
         raise fail("connect.ca_provider", f"{ca_provider} is not a valid CA provider")
@@ -863,6 +850,79 @@ def build(
         warnings=tuple(warn),
         **resolved_ports,
     )
+
+
+_WANFED = "'connect.enable_mesh_gateway_wan_federation = true'"
+
+
+def _check_wan_federation(
+    g: Any, server: bool, node_name: str, connect: Mapping[str, Any], fail: Any
+) -> None:
+    """Consul's refusals for mesh-gateway WAN federation, and ours: TLS is mandatory (every
+    cross-DC connection is mTLS through a gateway that routes on the SNI) and node names
+    carry no dot (WAN member names are ``<node>.<dc>``, split at the last dot: Consul issue
+    #12614). The order keeps the simplest mistake first: server, node name, joins, Connect,
+    TLS (Consul checks Connect before the others; the messages are Consul's)."""
+    if not server:
+        raise fail(
+            "connect.enable_mesh_gateway_wan_federation", f"{_WANFED} requires 'server = true'"
+        )
+    if "/" in node_name:
+        raise fail("node_name", f"{_WANFED} requires that 'node_name' not contain '/' characters")
+    if "." in node_name:
+        raise fail(
+            "node_name",
+            f"{_WANFED} requires that 'node_name' not contain '.' characters "
+            f"(WAN member names are <node>.<datacenter>): {json.dumps(node_name)}",
+        )
+    for key in ("start_join_wan", "retry_join_wan"):
+        if g(key):
+            raise fail(key, f"'{key}' is incompatible with {_WANFED}")
+    if not connect.get("enabled", False):
+        raise fail(
+            "connect.enable_mesh_gateway_wan_federation",
+            "'connect.enable_mesh_gateway_wan_federation=true' requires 'connect.enabled=true'",
+        )
+    tls: Mapping[str, Any] = g("tls", {})
+    blocks = [tls.get("internal_rpc") or {}, tls.get("defaults") or {}]
+
+    def has(*keys: str) -> bool:
+        return any(block.get(k) for block in blocks for k in keys)
+
+    missing = [
+        name
+        for name, keys in (
+            ("tls.defaults.ca_file (or ca_path)", ("ca_file", "ca_path")),
+            ("tls.defaults.cert_file", ("cert_file",)),
+            ("tls.defaults.key_file", ("key_file",)),
+        )
+        if not has(*keys)
+    ]
+    if missing:
+        raise fail(
+            "connect.enable_mesh_gateway_wan_federation",
+            f"{_WANFED} requires TLS for server RPC: set {', '.join(missing)}",
+        )
+
+
+def _check_gateway_address(entry: str, fail: Any) -> None:
+    """A ``primary_gateways`` entry: ``host:port`` (``[v6]:port``). Consul also takes
+    go-discover ``provider=...`` strings and address templates; we do not."""
+    where = f"primary_gateways: {json.dumps(entry)}"
+    if "provider=" in entry:
+        raise fail(
+            "primary_gateways",
+            f"{where}: go-discover is not supported: list the gateways as host:port",
+        )
+    host, sep, port = entry.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an unbracketed IPv6 address
+    if not sep or not host or any(c.isspace() for c in host) or "{" in host:
+        raise fail("primary_gateways", f"{where}: expected host:port")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise fail("primary_gateways", f"{where}: invalid port {json.dumps(port)}")
 
 
 def _fold(d: Mapping[str, Any]) -> dict[str, Any]:
