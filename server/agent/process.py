@@ -52,6 +52,7 @@ from raft.transport.grpc import GrpcTransport
 from server.agent.leader import LeaderDuties
 from server.agent.serf_lan import ServerInfo, build_tags, start_lan_serf
 from server.agent.servers import ServerPool
+from server.agent.wan import WanFederation
 from server.config.runtime import RuntimeConfig
 from server.dns.relay import RelayCatalog
 from server.dns.server import DnsServer
@@ -62,6 +63,7 @@ from server.fsm import ConsulFSM
 from server.http.lean import LeanSite
 from server.rpc.client import LeaderClient
 from server.rpc.service import ServerRPCService
+from server.tlsutil import TLSSettings, raft_tls_config
 
 __all__ = ["Agent", "default_node_name", "run_agent"]
 
@@ -155,7 +157,9 @@ class Agent:
         self.is_server = config.server
         self._sqlite: SqliteStorage | None = None
         self._raft_node: RaftNode | None = None
-        self.leader_client = LeaderClient()
+        # TLS for the server port (Raft + server RPC); files read once, here.
+        self.tls = TLSSettings.from_config(config)
+        self.leader_client = LeaderClient(self.tls, config.domain, config.datacenter)
         self.server_pool: ServerPool | None = None
         if self.is_server:
             self._init_server(config)
@@ -213,12 +217,23 @@ class Agent:
             transport=GrpcTransport(
                 self.node_id,
                 f"{config.bind_addr or '0.0.0.0'}:{config.server_port}",
-                extra_services=[lambda server: self.rpc_service.add_to(server)],
+                tls=(
+                    raft_tls_config(self.tls, config.datacenter, config.domain)
+                    if self.tls is not None
+                    else None
+                ),
+                extra_services=[
+                    lambda server: self.rpc_service.add_to(server),
+                    lambda server: self.wan.add_grpc_services(server),
+                ],
             ),
             timing=Timing(raft_multiplier=config.raft_multiplier, lease_reads=True),
         )
         self.ctx = ServerContext(config, self.fsm, self.raft)
         self.rpc_service = ServerRPCService(self.raft, http_base, self.ctx.apply_raw)
+        self.wan = WanFederation(
+            config, self.ctx, self.leader_client, lambda: self.raft.is_leader, self.tls
+        )
 
     @property
     def raft(self) -> RaftNode:
@@ -245,6 +260,7 @@ class Agent:
         tags = build_tags(cfg, self.node_id, has_state=has_state)
         self.serf = await self._start_serf(tags)
         self.ctx.serf_lan = self.serf
+        await self.wan.start(tags)
         if has_state or not cfg.bootstrap_expect:
             await self._start_raft()
             membership = self.raft.membership
@@ -396,11 +412,19 @@ class Agent:
             [parse_address(a if ":" in a else f"{a}:8301") for a in addresses]
         )
 
+    async def join_wan(self, addresses: list[str]) -> int:
+        if not self.is_server:
+            raise HTTPError(500, "WAN join is only supported on servers")
+        return await self.wan.join(addresses)
+
     async def force_leave(self, node: str, *, prune: bool = False, wan: bool = False) -> None:
         """``consul force-leave``: mark a failed member left (and with ``prune`` forget it);
         Consul's errors for an unknown node and for this agent itself."""
         if wan:
-            raise HTTPError(500, "No WAN pool on this agent")
+            if not self.is_server:
+                raise HTTPError(500, "No WAN pool on this agent")
+            await self.wan.force_leave(node, prune)
+            return
         if node == self.config.node_name:
             raise HTTPError(500, "Can't force-leave the agent itself")
         if self.serf is None or not await self.serf.force_leave(node, prune):
@@ -433,12 +457,16 @@ class Agent:
         if self._leaving:
             return
         self._leaving = True
+        if self.is_server:
+            await self.wan.leave(LEAVE_TIMEOUT)
         if self.serf is not None:
             with contextlib.suppress(Exception):
                 await self.serf.leave(LEAVE_TIMEOUT)
         self.shutdown_requested.set()
 
     def _on_serf_event(self, event: object) -> None:
+        if self.is_server:
+            self.wan.on_lan_event(event)
         if isinstance(event, MemberEvent):
             alive = event.kind in (MemberEventKind.JOIN, MemberEventKind.UPDATE)
             for member in event.members:
@@ -495,6 +523,8 @@ class Agent:
     async def stop(self) -> None:
         if self.serf is not None and self.leave_on_stop and not self._leaving:
             self._leaving = True
+            if self.is_server:
+                await self.wan.leave(LEAVE_TIMEOUT)
             with contextlib.suppress(Exception):
                 await self.serf.leave(LEAVE_TIMEOUT)
         for task in list(self._tasks):
@@ -513,6 +543,8 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self.serf.stop()
         if self.is_server:
+            with contextlib.suppress(Exception):
+                await self.wan.stop()
             with contextlib.suppress(Exception):
                 await self.rpc_service.close()
         with contextlib.suppress(Exception):

@@ -129,12 +129,45 @@ async def _relay_to_servers(ctx: ServerContext, request: web.Request) -> web.Str
         await asyncio.sleep(0.1)
 
 
+#: Endpoints under the forwarded prefixes that are this server's own even with ``?dc=``.
+_NEVER_REMOTE = ("/v1/catalog/datacenters",)
+
+
+def _remote_dc(ctx: ServerContext, request: web.Request) -> str | None:
+    """The other datacenter a request names with ``?dc=`` (None: this one)."""
+    dc = request.query.get("dc", "")
+    if not dc or dc == ctx.config.datacenter:
+        return None
+    if not request.path.startswith(FORWARDED_PREFIXES) or request.path in _NEVER_REMOTE:
+        return None
+    return dc
+
+
+async def _forward_remote(ctx: ServerContext, request: web.Request, dc: str) -> web.Response:
+    """Replay the request on a server of ``dc`` (``server.federation.remote``)."""
+    remote = getattr(ctx, "remote", None)
+    if remote is None:
+        raise HTTPError(500, "No path to datacenter")
+    body = await request.read()
+    headers = [pb.Header(name=k, value=v) for k, v in request.headers.items()]
+    message = pb.HttpRequest(
+        method=request.method, path_qs=request.path_qs, headers=headers, body=body, relay=True
+    )
+    reply = await ctx.cancellable(remote.forward_http(dc, message, _deadline(request)))
+    headers_back = {h.name: h.value for h in reply.headers if h.name.lower() not in _SKIP_BACK}
+    return web.Response(status=reply.status, headers=headers_back, body=reply.body)
+
+
 def forward_middleware(
     ctx: ServerContext,
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def forward(request: web.Request, handler: Handler) -> web.StreamResponse:
         raft = ctx.raft
+        if raft is not None:
+            dc = _remote_dc(ctx, request)
+            if dc is not None:
+                return await _forward_remote(ctx, request, dc)
         if raft is None:
             if ctx.server_pool is not None and _client_needs_server(request):
                 return await _relay_to_servers(ctx, request)
