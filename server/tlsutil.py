@@ -211,11 +211,16 @@ def raft_tls_config(s: TLSSettings, dc: str, domain: str) -> TlsConfig:
 def channel_options(sni: str | None) -> list[tuple[str, Any]]:
     """Options for a channel to a server port: the TLS name (SNI and verified name) when
     ``sni``, and keepalive pings so a frozen or partitioned peer is noticed in ~15 s (the
-    server port accepts them)."""
+    server port accepts them). Reconnect backoff is capped at 2 s (gRPC's default grows to
+    120 s): a gateway or server that comes back is used again within seconds, which the
+    fail-over paths (another gateway, the primary's gateways) rely on."""
     options: list[tuple[str, Any]] = [
         ("grpc.keepalive_time_ms", 10_000),
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.min_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
     if sni:
         options.append(("grpc.ssl_target_name_override", sni))
