@@ -59,6 +59,7 @@ from server.dns.server import DnsServer
 from server.endpoints import build_app
 from server.endpoints.context import ServerContext
 from server.endpoints.http import HTTPError
+from server.federation.fedstate import federation_services
 from server.fsm import ConsulFSM
 from server.http.lean import LeanSite
 from server.rpc.client import LeaderClient
@@ -172,6 +173,8 @@ class Agent:
         self.ctx.leader_rpc = self.leader_client
         if self.is_server:
             self.ctx.add_service(LeaderDuties(self.ctx))
+            for service in federation_services(self.ctx):
+                self.ctx.add_service(service)
         self.ctx.add_service(
             DnsServer(
                 self.ctx, catalog=None if self.is_server else RelayCatalog.for_agent(self.ctx)

@@ -98,6 +98,9 @@ class WanFederation:
         self._tls = tls
         self._tasks: set[asyncio.Task[None]] = set()
         self._refresh = asyncio.Event()
+        #: WAN address -> (node, dc) of every server in the WAN pool, rebuilt with the router
+        #: (the wanfed transport also learns senders from its tunnel headers).
+        self._peers: dict[Address, tuple[str, str]] = {}
         self._flood = asyncio.Event()
         self.transport: Any = None
         self._servicer: Any = None
@@ -115,8 +118,9 @@ class WanFederation:
         from server.tlsutil import grpc_channel_credentials
 
         self.transport = WanFedTransport(
+            net,
             local_dc=cfg.datacenter,
-            net=net,
+            node=cfg.node_name,
             peer_of=self._peer_of,
             routes=self._routes,
             channel_credentials=grpc_channel_credentials(self._tls),
@@ -129,18 +133,11 @@ class WanFederation:
             self._servicer.add_to(server)
 
     def _peer_of(self, addr: Address) -> tuple[str, str] | None:
-        """(node, dc) of the WAN member at ``addr``: the placeholder is ``*.<primary>``."""
+        """(node, dc) of the WAN member at ``addr``: the placeholder is ``*.<primary>``.
+        Called by the transport from the gossip loop: reads only the prebuilt table."""
         if addr[0] == PLACEHOLDER_HOST:
             return ("*", self.primary_dc)
-        serf = self.serf
-        if serf is None:
-            return None
-        for member in serf.core.members():
-            if tuple(member.addr) == tuple(addr):
-                server = parse_member(member.name, member.addr, "alive", member.tags)
-                if server is not None:
-                    return (server.node, server.datacenter)
-        return None
+        return self._peers.get((addr[0], addr[1]))
 
     def _routes(self, dc: str, node: str) -> list[tuple[str, str]]:
         if self.locator is None:
@@ -158,6 +155,7 @@ class WanFederation:
         if transport is not None:
             bound = await self.transport.bind()
             advertise = (cfg.advertise_addr_wan or cfg.advertise, bound[1])
+            self.transport.advertise = advertise
         self.serf = await start_wan_serf(cfg, tags, self._on_event, transport, advertise=advertise)
         self.ctx.serf_wan = self.serf
         await self._update_router()
@@ -206,6 +204,12 @@ class WanFederation:
             return
         members = await self.serf.members()
         self.router.update((m.name, m.addr, m.status, m.tags) for m in members)
+        peers: dict[Address, tuple[str, str]] = {}
+        for m in members:
+            server = parse_member(m.name, m.addr, m.status, m.tags)
+            if server is not None:
+                peers[(m.addr[0], m.addr[1])] = (server.node, server.datacenter)
+        self._peers = peers
 
     async def _router_loop(self) -> None:
         while True:
