@@ -16,7 +16,17 @@ import sys
 from collections.abc import Sequence
 from typing import IO
 
-from server.clicmd import agent, catalog, kv, lock, operator, snapshot, tls, watch  # noqa: F401
+from server.clicmd import (  # noqa: F401
+    agent,
+    catalog,
+    connect,
+    kv,
+    lock,
+    operator,
+    snapshot,
+    tls,
+    watch,
+)
 from server.clicmd.base import COMMANDS, run_command
 
 __all__ = ["GROUPS", "dispatch", "main_help", "owns"]
@@ -33,6 +43,7 @@ GROUPS = {
     "tls": "Builtin helpers for creating CAs and certificates",
     "tls ca": "Helpers for CAs",
     "tls cert": "Helpers for certificates",
+    "connect": "Interact with Consul Connect",
 }
 
 #: Commands ``server.cli`` implements itself.
