@@ -3,15 +3,18 @@ Docker (no daemon is needed).
 
 - ``docker-compose config`` (Debian's ``docker-compose``, installed by ``make test`` when
   root) accepts the compose file; the topology it describes is asserted on the parsed result:
-  the per-datacenter networks are internal, servers are attached only to their datacenter's
-  network, each mesh gateway to its datacenter's network and to ``wan``, every address is
-  static and inside its network's subnet, and dc2's ``primary_gateways`` are exactly dc1's
-  gateways' WAN addresses.
+  the per-datacenter networks are internal, no server is on another datacenter's network
+  (dc2's servers have an egress address on ``wan`` to dial the primary's gateways, as Consul's
+  secondaries must), each mesh gateway is on its datacenter's network and on ``wan``, every
+  address is static and inside its network's subnet, and dc2's ``primary_gateways`` are
+  exactly dc1's gateways' WAN addresses.
 - Every HCL config file of the example passes ``proconsul validate`` together with what each
   server adds through ``CONSUL_LOCAL_CONFIG``, with certificates made by the example's own
   ``gen-certs.sh`` in a temporary directory (``/consul/certs`` rewritten to it).
 - The image's entry point writes ``CONSUL_LOCAL_CONFIG`` to ``local.json`` and runs proconsul
   verbs, as Consul's image does.
+- ``loopback.py`` (``make demo``) federates two datacenters through four gateways on
+  127.0.0.0/8 and stops every process on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from ipaddress import ip_address, ip_network
 from pathlib import Path
@@ -144,9 +150,14 @@ def test_servers_only_on_their_datacenter_network(compose: dict[str, Any]) -> No
     }
     for name, svc in servers.items():
         dc = _dc_of(name)
-        assert set(svc["networks"]) == {dc}, name
+        # A secondary's servers also have an egress address on wan: like Consul's, they dial
+        # the primary's gateways themselves (primary_gateways, and the leader's fallback).
+        # The primary's servers are on their own network only.
+        assert set(svc["networks"]) == ({dc} if dc == "dc1" else {dc, "wan"}), name
         ip = ip_address(svc["networks"][dc]["ipv4_address"])
         assert ip in subnet[dc]
+        for net, attach in svc["networks"].items():
+            assert ip_address(attach["ipv4_address"]) in subnet[net]
         local = _local_config(svc)
         assert local["node_name"] == name
         assert "." not in name  # wanfed: node names must not contain dots
@@ -185,7 +196,7 @@ def test_all_addresses_unique(compose: dict[str, Any]) -> None:
     for svc in compose["services"].values():
         for net in (svc.get("networks") or {}).values():
             seen.append(net["ipv4_address"])
-    assert len(seen) == len(set(seen)) == 6 + 4 * 2
+    assert len(seen) == len(set(seen)) == 6 + 3 + 4 * 2
 
 
 def _hcl(path: Path) -> dict[str, Any]:
@@ -319,3 +330,44 @@ def test_entrypoint_writes_local_config_and_runs_proconsul(tmp_path: Path) -> No
         ["sh", entry, "sh", "-c", "echo plain"], capture_output=True, text=True, env=env
     )
     assert (res.returncode, res.stdout) == (0, "plain\n")
+
+
+def test_loopback_demo_federates_and_cleans_up(tmp_path: Path) -> None:
+    """`make demo`'s script, one server per datacenter: it reports federation (both
+    datacenters listed, a ``?dc=dc2`` KV write from dc1 read back in dc2), stays up, and on
+    SIGINT (Ctrl-C) stops every process it started: their ports are free again."""
+    script = EXAMPLE / "loopback.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--servers", "1", "--timeout", "60", "--dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env_without_consul(),
+    )
+    out: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if line.startswith("Ctrl-C stops"):
+                break
+        text = "".join(out)
+        assert "federated in" in text, text
+        assert "curl -s '127.0.1.1:8500/v1/health/service/consul?dc=dc2'" in text
+        # Still serving while in the foreground.
+        with urllib.request.urlopen("http://127.0.1.1:8500/v1/kv/demo/hello?raw&dc=dc2") as r:
+            assert r.read() == b"from dc1"
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, "".join(out) + rest
+    assert "stopped 6 processes" in rest
+    for ip, port in [("127.0.1.1", 8500), ("127.0.1.1", 8300), ("127.0.2.1", 8501)] + [
+        (f"127.0.3.{n}", 8443 + i) for i, n in enumerate((11, 12, 21, 22))
+    ]:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+            s.bind((ip, port))  # nothing of the demo is left listening
