@@ -12,9 +12,8 @@ read-only endpoints:
 All three are blocking reads on the federation-states table (``?index=``/``?wait=``) with the
 usual ``X-Consul-*`` headers and consistency modes. ``?dc=`` (another datacenter's view) is
 handled before these handlers by the forwarding middleware.
-
-``register`` also adds the federation-state routines (``server.federation.fedstate``) to a
-server's services.
+The routines that keep the table current are ``server.federation.fedstate``'s (the agent adds
+them to a server's services).
 """
 
 from __future__ import annotations
@@ -92,8 +91,3 @@ def register(app: web.Application, ctx: ServerContext) -> None:
         ("/v1/internal/federation-states/mesh-gateways", endpoint.mesh_gateways),
     ):
         add_endpoint(app, path, ("GET",), handler)
-    # The routines that keep the table current (servers only; given once per ctx).
-    from server.federation.fedstate import federation_services  # late: it imports this module
-
-    for service in federation_services(ctx):
-        ctx.add_service(service)
