@@ -59,7 +59,7 @@ test-deps:
 	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" -ne 0 ]; then \
-			echo "not root: tests that need$$missing will be skipped"; \
+			echo "not root, missing:$$missing (apt-get install them as root); the tests that need them skip"; \
 		else \
 			echo "tests need$$missing: installing with apt-get"; \
 			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
