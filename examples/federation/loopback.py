@@ -333,23 +333,23 @@ def what_to_try(servers: list[Server], gateways: list[Gateway], cli: str, work: 
         role = "primary" if dc == PRIMARY else "secondary"
         lines.append(f"  {dc} ({role}): {ss}")
         lines.append(f"       gateways: {gs}")
-    lines += [
-        f"  configs, certificates and logs: {work}",
-        "",
-        "Try:",
-        f"  curl -s {a}/v1/catalog/datacenters",
-        f"  curl -s -X PUT -d world '{a}/v1/kv/hello?dc=dc2'      # written in dc2, from dc1",
-        f"  curl -s '{b}/v1/kv/hello?raw'                         # read in dc2",
-        f"  curl -s '{b}/v1/kv/hello?dc=dc1&index=1&wait=5s'       # a blocking query across",
-        f"  curl -s '{a}/v1/health/service/consul?dc=dc2'",
-        f"  {cli} members -wan -http-addr={a}",
-        f"  {cli} catalog datacenters -http-addr={b}",
-        f"  curl -s {a}/v1/internal/federation-states",
-        f"  curl -s {b}/v1/internal/federation-states/mesh-gateways",
-        f"  curl -s '{a}/v1/internal/federation-state/dc2'",
-        "",
-        "Ctrl-C stops every agent and gateway.",
+    tries = [
+        (f"curl -s {a}/v1/catalog/datacenters", "both, local first"),
+        (f"curl -s -X PUT -d world '{a}/v1/kv/hello?dc=dc2'", "written in dc2, from dc1"),
+        (f"curl -s '{b}/v1/kv/hello?raw'", "read in dc2"),
+        (f"curl -s -i '{a}/v1/kv/hello?dc=dc2'", "its X-Consul-Index is N"),
+        (f"curl -s '{a}/v1/kv/hello?dc=dc2&index=N&wait=30s'", "blocks until hello changes"),
+        (f"curl -s '{a}/v1/health/service/consul?dc=dc2'", "dc2's servers, from dc1"),
+        (f"{cli} members -wan -http-addr={a}", "the WAN pool: <node>.<dc>"),
+        (f"{cli} catalog datacenters -http-addr={b}", ""),
+        (f"curl -s {a}/v1/internal/federation-states", "each dc's mesh gateways"),
+        (f"curl -s {b}/v1/internal/federation-states/mesh-gateways", ""),
+        (f"curl -s '{a}/v1/internal/federation-state/dc2'", ""),
     ]
+    width = max(len(cmd) for cmd, _ in tries)
+    lines += [f"  configs, certificates and logs: {work}", "", "Try:"]
+    lines += [f"  {cmd:<{width}}  # {note}" if note else f"  {cmd}" for cmd, note in tries]
+    lines += ["", "Ctrl-C stops every agent and gateway."]
     return "\n".join(lines)
 
 
