@@ -81,6 +81,20 @@ class QueryMeta:
     last_contact_ms: int
     consistency: str  # "leader" | "stale" | "consistent"
 
+    def embedded(self) -> dict[str, Any]:
+        """The fields of Consul's ``QueryMeta`` as Consul embeds it (no JSON tag) in some
+        response bodies (prepared-query execute/explain, operator usage, federation state):
+        ``LastContact`` in nanoseconds, as Go's ``time.Duration`` marshals."""
+        return {
+            "Index": self.index,
+            "LastContact": self.last_contact_ms * 1_000_000,
+            "KnownLeader": self.known_leader,
+            "ConsistencyLevel": self.consistency,
+            "NotModified": False,
+            "Backend": 0,
+            "ResultsFilteredByACLs": False,
+        }
+
 
 class ServerContext:
     """Shared by all endpoint modules of one agent. Attributes other than ``config`` may be

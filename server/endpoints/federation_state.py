@@ -27,7 +27,6 @@ from server.endpoints.context import ServerContext
 from server.endpoints.http import HTTPError, json_response
 
 # Consul embeds QueryMeta in FederationStateResponse as in the prepared-query answers.
-from server.endpoints.query import _query_meta as embedded_query_meta
 from server.state import StateStore, WatchSet
 
 __all__ = ["FederationStates", "mesh_gateways_by_dc", "register"]
@@ -59,9 +58,7 @@ class FederationStates:
         headers = self.ctx.headers(meta)
         if state is None:
             return web.Response(status=404, headers=headers)
-        return json_response(
-            request, {"State": state, **embedded_query_meta(meta)}, headers=headers
-        )
+        return json_response(request, {"State": state, **meta.embedded()}, headers=headers)
 
     async def list(self, request: web.Request) -> web.Response:
         opts = self.ctx.options(request)

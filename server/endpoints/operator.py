@@ -603,13 +603,7 @@ def register(app: web.Application, ctx: ServerContext) -> None:
             request,
             {
                 "Usage": {ctx.config.datacenter: figures},
-                "Index": meta.index,
-                "LastContact": meta.last_contact_ms,
-                "KnownLeader": meta.known_leader,
-                "ConsistencyLevel": meta.consistency,
-                "NotModified": False,
-                "Backend": 0,
-                "ResultsFilteredByACLs": False,
+                **meta.embedded(),
             },
             headers=ctx.headers(meta),
         )

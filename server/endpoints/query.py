@@ -236,20 +236,6 @@ def _meta_match(meta: Any, wanted: dict[str, str] | None) -> bool:
     return all(have.get(k) == v for k, v in wanted.items())
 
 
-def _query_meta(meta: Any) -> dict[str, Any]:
-    """Consul embeds ``QueryMeta`` (no JSON tag) in the execute and explain responses, so its
-    fields show up in their bodies."""
-    return {
-        "Index": meta.index,
-        "LastContact": meta.last_contact_ms * 1_000_000,
-        "KnownLeader": meta.known_leader,
-        "ConsistencyLevel": meta.consistency,
-        "NotModified": False,
-        "Backend": 0,
-        "ResultsFilteredByACLs": False,
-    }
-
-
 class QueryEndpoint:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
@@ -377,13 +363,13 @@ class QueryEndpoint:
             "DNS": ordered_query(query)["DNS"],
             "Datacenter": self.ctx.config.datacenter,
             "Failovers": 0,
-            **_query_meta(meta),
+            **meta.embedded(),
         }
         return json_response(request, body, headers=self.ctx.headers(meta))
 
     async def explain(self, request: web.Request) -> web.Response:
         query, meta, _ = await self._resolve(request, False)
-        body = {"Query": ordered_query(query), **_query_meta(meta)}
+        body = {"Query": ordered_query(query), **meta.embedded()}
         return json_response(request, body, headers=self.ctx.headers(meta))
 
 
