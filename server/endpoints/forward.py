@@ -13,8 +13,10 @@ fails with ``500 No cluster leader``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
+import orjson
 from aiohttp import web
 
 from proto import server_rpc_pb2 as pb
@@ -133,9 +135,22 @@ async def _relay_to_servers(ctx: ServerContext, request: web.Request) -> web.Str
 _NEVER_REMOTE = ("/v1/catalog/datacenters",)
 
 
-def _remote_dc(ctx: ServerContext, request: web.Request) -> str | None:
-    """The other datacenter a request names with ``?dc=`` (None: this one)."""
+#: Writes whose body may name the datacenter (``Datacenter``), as Consul's RPC arguments do.
+_BODY_DC_PATHS = ("/v1/catalog/register", "/v1/catalog/deregister")
+
+
+async def _remote_dc(ctx: ServerContext, request: web.Request) -> str | None:
+    """The other datacenter a request names with ``?dc=`` (or, for catalog writes, the
+    body's ``Datacenter``); None: this one."""
     dc = request.query.get("dc", "")
+    if not dc and request.path in _BODY_DC_PATHS and request.method == "PUT":
+        body = await request.read()
+        request[BODY_KEY] = body
+        with contextlib.suppress(ValueError):
+            decoded = orjson.loads(body) if body else None
+            if isinstance(decoded, dict):
+                dc = next((v for k, v in decoded.items() if k.lower() == "datacenter"), "")
+        dc = dc if isinstance(dc, str) else ""
     if not dc or dc == ctx.config.datacenter:
         return None
     if not request.path.startswith(FORWARDED_PREFIXES) or request.path in _NEVER_REMOTE:
@@ -165,7 +180,7 @@ def forward_middleware(
     async def forward(request: web.Request, handler: Handler) -> web.StreamResponse:
         raft = ctx.raft
         if raft is not None:
-            dc = _remote_dc(ctx, request)
+            dc = await _remote_dc(ctx, request)
             if dc is not None:
                 return await _forward_remote(ctx, request, dc)
         if raft is None:

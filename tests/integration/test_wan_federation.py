@@ -101,6 +101,15 @@ async def test_two_datacenters_federate_over_the_wan_pool(tmp_path: Path) -> Non
             took, text = await asyncio.wait_for(waiter, 10)
             assert text == "woken" and 0.9 < took < 10
 
+            # A catalog write naming its datacenter in the body goes there too.
+            node = {"Datacenter": "dc2", "Node": "ext-1", "Address": "198.18.9.9"}
+            async with http.put(f"{s1}/v1/catalog/register", json=node) as r:
+                assert r.status == 200, await r.text()
+            async with http.get(f"{s3}/v1/catalog/node/ext-1") as r:
+                assert r.status == 200 and (await r.json())["Node"]["Address"] == "198.18.9.9"
+            async with http.get(f"{s1}/v1/catalog/node/ext-1") as r:
+                assert await r.json() is None
+
             async with http.get(f"{s1}/v1/kv/fed?dc=nowhere") as r:
                 assert r.status == 500 and await r.text() == "No path to datacenter"
 
