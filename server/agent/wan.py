@@ -12,6 +12,8 @@ Tasks (all owned here; cancelled by ``stop``):
   server is in the WAN pool even when only one was told ``-retry-join-wan``.
 - ``wan-retry-join``: ``start_join_wan``/``retry_join_wan`` (traditional mode), every
   ``retry_interval_wan`` until one join succeeds or ``retry_max_wan`` attempts.
+- ``wan-rejoin``: at start, joins the WAN peers remembered from the last run
+  (``server.agent.peer_snapshot``; written by ``wan-router`` when the alive set changes).
 - Through mesh gateways, in a secondary: ``primary-gateways`` resolves ``primary_gateways``
   every ``primary_gateways_interval`` until it yields addresses (the locator's fallback);
   ``wan-join-primary`` joins the placeholder member ``*.<primary>`` (Consul's
@@ -28,6 +30,7 @@ import contextlib
 import random
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -37,6 +40,7 @@ from gossip.messages import Address
 from gossip.node import GossipNode
 from gossip.serf import MemberEvent, Serf
 from gossip.transport import GossipTransport, NetTransport
+from server.agent.peer_snapshot import PeerSnapshot
 from server.agent.serf_wan import start_wan_serf, wan_name
 from server.config.runtime import RuntimeConfig
 from server.endpoints.context import ServerContext
@@ -101,6 +105,13 @@ class WanFederation:
         #: WAN address -> (node, dc) of every server in the WAN pool, rebuilt with the router
         #: (the wanfed transport also learns senders from its tunnel headers).
         self._peers: dict[Address, tuple[str, str]] = {}
+        #: The WAN peers of our last run (``<data_dir>/serf/remote.peers``; not with -dev).
+        self._snapshot = (
+            PeerSnapshot(Path(config.data_dir) / "serf" / "remote.peers")
+            if config.data_dir and not config.dev
+            else None
+        )
+        self._remembered: dict[Address, tuple[str, str]] = {}
         self._flood = asyncio.Event()
         self.transport: Any = None
         self._servicer: Any = None
@@ -156,11 +167,25 @@ class WanFederation:
             bound = await self.transport.bind()
             advertise = (cfg.advertise_addr_wan or cfg.advertise, bound[1])
             self.transport.advertise = advertise
+        saved = self._snapshot.load() if self._snapshot is not None else {}
+        seeds: list[Address] = []
+        for name, text in saved.items():
+            node, _, dc = name.rpartition(".")
+            try:
+                addr = _wan_seed(text)
+            except ValueError:
+                continue
+            if node and dc:
+                self._remembered[addr] = (node, dc)
+                seeds.append(addr)
+        self._peers = dict(self._remembered)
         self.serf = await start_wan_serf(cfg, tags, self._on_event, transport, advertise=advertise)
         self.ctx.serf_wan = self.serf
         await self._update_router()
         self._spawn(self._router_loop(), "wan-router")
         self._spawn(self._flood_loop(), "wan-flood")
+        if seeds:
+            self._spawn(self._rejoin(seeds), "wan-rejoin")
         joins = list(cfg.start_join_wan) + list(cfg.retry_join_wan)
         if joins and not self.wanfed:
             self._spawn(self._retry_join(joins), "wan-retry-join")
@@ -209,7 +234,15 @@ class WanFederation:
             server = parse_member(m.name, m.addr, m.status, m.tags)
             if server is not None:
                 peers[(m.addr[0], m.addr[1])] = (server.node, server.datacenter)
-        self._peers = peers
+        self._peers = {**self._remembered, **peers}
+        if self._snapshot is not None:
+            me = wan_name(self.config)
+            alive = {
+                m.name: f"{m.addr[0]}:{m.addr[1]}"
+                for m in members
+                if m.status == "alive" and m.name != me and (m.addr[0], m.addr[1]) in peers
+            }
+            await self._snapshot.save(alive)
 
     async def _router_loop(self) -> None:
         while True:
@@ -298,6 +331,23 @@ class WanFederation:
                 log.error("retry_join_wan_gave_up", attempts=attempt)
                 return
             await asyncio.sleep(min(1.0 * attempt, self.config.retry_interval_wan))
+
+    async def _rejoin(self, seeds: list[Address]) -> None:
+        """Join the WAN peers of our last run (a restarted server that nobody re-joins, e.g.
+        the only server of a primary, would otherwise wait for the next push-pull of a remote
+        member, minutes). Tries for about a minute, then leaves it to the other joins."""
+        assert self.serf is not None
+        for attempt in range(1, 13):
+            try:
+                joined = await self.serf.join(seeds)
+            except Exception as exc:
+                log.info("wan_rejoin_failed", attempt=attempt, error=str(exc))
+            else:
+                if joined:
+                    log.info("wan_rejoined", members=joined)
+                    self._refresh.set()
+                    return
+            await asyncio.sleep(min(1.0 * attempt, 10.0))
 
     async def _resolve_primary_gateways(self) -> None:
         """Resolve ``primary_gateways`` into the locator's fallback (Consul: until the list is

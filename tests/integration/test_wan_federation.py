@@ -121,3 +121,35 @@ async def test_two_datacenters_federate_over_the_wan_pool(tmp_path: Path) -> Non
     finally:
         for p in procs:
             p.kill()
+
+
+async def test_a_restarted_lone_primary_server_finds_the_wan_pool_again(tmp_path: Path) -> None:
+    """Nobody re-joins the only server of a datacenter after its restart (the others still
+    see it alive under the same name and address): it rejoins the WAN peers it remembered."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    dc1 = make_servers(tmp_path / "a", 1, expect=1, first=1)
+    dc2 = make_servers(tmp_path / "b", 1, expect=1, first=2)
+    wan = free_ports(2)
+    _with_wan(dc1[0], tmp_path, "dc1", wan[0])
+    _with_wan(dc2[0], tmp_path, "dc2", wan[1], f"-retry-join-wan=127.0.0.1:{wan[0]}")
+    procs = [*dc1, *dc2]
+    try:
+        for p in procs:
+            p.start()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+
+            async def dc1_sees_dc2() -> bool:
+                async with http.get(dc1[0].base + "/v1/catalog/datacenters") as r:
+                    return r.status == 200 and await r.json() == ["dc1", "dc2"]
+
+            await _until(dc1_sees_dc2, 30, "dc1 sees dc2")
+            await asyncio.sleep(1.5)  # the peer snapshot is written by the router refresh
+            dc1[0].terminate()
+            dc1[0].start()
+            await _until(dc1_sees_dc2, 20, "the restarted dc1 server sees dc2 again")
+            async with http.get(dc1[0].base + "/v1/kv/nothing?dc=dc2") as r:
+                assert r.status == 404
+    finally:
+        for p in procs:
+            p.kill()
