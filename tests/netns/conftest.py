@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.is_relative_to(HERE):
             item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test that used a federation (``fed``) gets its processes' log tails."""
+    report: pytest.TestReport = yield
+    if report.failed and report.when in ("setup", "call"):
+        fed = getattr(item, "funcargs", {}).get("fed")
+        if fed is not None:
+            report.sections.append(("netns process logs (tails)", fed.tails(40)))
+    return report
 
 
 @pytest.fixture(autouse=True)

@@ -261,13 +261,14 @@ class Federation:
         return self.procs.tails(lines)
 
     def wait(self, what: str, check: Callable[[], object], timeout: float) -> None:
-        """Retry ``check`` (which raises AssertionError or returns) until it passes."""
+        """Retry ``check`` (which raises AssertionError or returns) until it passes. (Log
+        tails of a failed test come from conftest's report hook.)"""
 
         def probe() -> bool:
             check()
             return True
 
-        wait_until(what, probe, timeout=timeout, interval=0.25, on_fail=self.tails)
+        wait_until(what, probe, timeout=timeout, interval=0.25)
 
     # -- checks (one attempt each) -------------------------------------------------------------
 
@@ -371,8 +372,9 @@ class Federation:
         )
 
     def check_federation_states(self) -> None:
-        """``/v1/internal/federation-states`` in every dc lists every dc's running gateways
-        (node names, WAN addresses), none critical."""
+        """``/v1/internal/federation-states`` in every dc lists, as healthy (federation meta,
+        a WAN address, no critical check), exactly every dc's running gateways (node names,
+        WAN addresses): a stopped gateway must have turned critical or gone."""
         expected = {
             dc: {g.name: g.wan for g in gws if g.proc.alive} for dc, gws in self.gateways.items()
         }
@@ -384,18 +386,19 @@ class Federation:
             for want_dc, want in expected.items():
                 rec = by_dc.get(want_dc)
                 assert rec is not None, f"{s.name}: federation-states has no {want_dc}: {got!r}"
-                seen = {}
+                seen: dict[str, str] = {}
                 for csn in rec.get("MeshGateways") or []:
                     node = (csn.get("Node") or {}).get("Node")
-                    wan = ((csn.get("Service") or {}).get("TaggedAddresses") or {}).get("wan")
+                    service = csn.get("Service") or {}
+                    wan = (service.get("TaggedAddresses") or {}).get("wan")
+                    meta = (service.get("Meta") or {}).get("consul-wan-federation")
                     critical = any(c.get("Status") == "critical" for c in csn.get("Checks") or [])
-                    if wan and not critical:
+                    if wan and meta == "1" and not critical:
                         seen[node] = f"{wan.get('Address')}:{wan.get('Port')}"
-                for name, wan_addr in want.items():
-                    assert seen.get(name) == wan_addr, (
-                        f"{s.name}: federation state of {want_dc}: gateway {name} at "
-                        f"{seen.get(name)!r}, wanted {wan_addr} (healthy ones: {seen})"
-                    )
+                assert seen == want, (
+                    f"{s.name}: federation state of {want_dc}: healthy gateways {seen}, "
+                    f"wanted exactly the running ones {want}"
+                )
 
     def check_formed(self) -> None:
         """Everything point 2 of the issue lists, except blocking queries."""

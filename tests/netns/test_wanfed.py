@@ -113,10 +113,16 @@ def test_secondary_gateways_killed_then_restarted(fed: Federation) -> None:
         fed.check_kv_both_ways()
         return sum(g.traffic(suffix) for g in fed.gateways["dc2"]) > before
 
-    wait_until("traffic for dc2 through dc2's gateways", lambda: moved("server.dc2.consul"),
-               timeout=RECOVERY, on_fail=fed.tails)  # fmt: skip
-    wait_until("traffic for dc1 through dc2's gateways", lambda: moved("server.dc1.consul"),
-               timeout=RECOVERY, on_fail=fed.tails)  # fmt: skip
+    wait_until(
+        "traffic for dc2 through dc2's gateways",
+        lambda: moved("server.dc2.consul"),
+        timeout=RECOVERY,
+    )
+    wait_until(
+        "traffic for dc1 through dc2's gateways",
+        lambda: moved("server.dc1.consul"),
+        timeout=RECOVERY,
+    )
 
 
 @pytest.mark.timeout(240)
@@ -145,16 +151,14 @@ def test_secondary_gateway_readdressed(fed: Federation) -> None:
         fed.check_federation_states()
         return True
 
-    wait_until("dc1's gateways route dc2 to the new address", primary_routes_to_new,
-               timeout=HEAL, on_fail=fed.tails)  # fmt: skip
+    wait_until("dc1's gateways route dc2 to the new address", primary_routes_to_new, timeout=HEAL)
 
     def through_new() -> bool:
         before = g1.traffic("server.dc2.consul")
         fed.check_cross_ok("dc1", "dc2", times=3)
         return g1.traffic("server.dc2.consul") > before
 
-    wait_until("dc1 -> dc2 through the re-addressed gateway", through_new,
-               timeout=RECOVERY, on_fail=fed.tails)  # fmt: skip
+    wait_until("dc1 -> dc2 through the re-addressed gateway", through_new, timeout=RECOVERY)
     fed.check_kv_both_ways()
     g2.proc.start()
     fed.wait("the federation forms with both dc2 gateways", fed.check_formed, HEAL)
