@@ -100,6 +100,7 @@ bench: venv
 	$(PY) bench/kv_bench.py $(BENCH_ARGS)
 	$(PY) bench/gossip_bench.py
 	$(PY) bench/register_bench.py $(REGISTER_BENCH_ARGS)
+	$(PY) bench/federation_bench.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis .benchmarks

@@ -102,6 +102,7 @@ class WanFederation:
         self._tls = tls
         self._tasks: set[asyncio.Task[None]] = set()
         self._refresh = asyncio.Event()
+        self._fallback_ready = asyncio.Event()
         #: WAN address -> (node, dc) of every server in the WAN pool, rebuilt with the router
         #: (the wanfed transport also learns senders from its tunnel headers).
         self._peers: dict[Address, tuple[str, str]] = {}
@@ -357,6 +358,7 @@ class WanFederation:
             addresses = await asyncio.to_thread(_resolve, list(self.config.primary_gateways))
             if addresses:
                 self.locator.set_fallback(addresses)
+                self._fallback_ready.set()
                 log.info("primary_gateways_resolved", addresses=addresses)
                 return
             log.warning("primary_gateways_none", hint="No mesh gateways found")
@@ -366,6 +368,11 @@ class WanFederation:
         """Join the WAN pool through the primary's gateways (module docstring)."""
         assert self.serf is not None and self.locator is not None
         placeholder: Address = (PLACEHOLDER_HOST, self.config.serf_wan_port or 8302)
+        # No gateway to dial before primary_gateways resolved (or federation states named one).
+        while not self._fallback_ready.is_set() and not self.locator.primary_gateways_known():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self._fallback_ready.wait()
         attempt = 0
         while True:
             if not self._primary_alive():
