@@ -37,7 +37,6 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from gossip.demo import parse_address
 from gossip.node import GossipNode, MemberInfo
 from gossip.serf import MemberEvent, MemberEventKind, Serf
 from gossip.transport import TransportError
@@ -49,6 +48,7 @@ from raft.storage.snapshots import FileSnapshotStore
 from raft.storage.sqlite import SqliteStorage
 from raft.timing import Timing
 from raft.transport.grpc import GrpcTransport
+from server.agent.joins import parse_seeds, retry_join, seed_address
 from server.agent.leader import LeaderDuties
 from server.agent.serf_lan import ServerInfo, build_tags, start_lan_serf
 from server.agent.servers import ServerPool
@@ -382,38 +382,19 @@ class Agent:
             await asyncio.sleep(0.2)
 
     async def _retry_join(self, addresses: list[str]) -> None:
-        """Join the LAN pool; retry every ``retry_interval`` (Consul's 30 s; 1 s while no
-        member was ever reached) until one join succeeds."""
+        """Join the LAN pool; retry every ``retry_interval`` (``server.agent.joins``)."""
         assert self.serf is not None
-        seeds = []
-        for text in addresses:
-            try:
-                host, port = parse_address(text if ":" in text else f"{text}:8301")
-            except ValueError as exc:
-                log.error("retry_join_bad_address", address=text, error=str(exc))
-                continue
-            seeds.append((host, port))
-        attempt = 0
-        while seeds:
-            attempt += 1
-            try:
-                joined = await self.serf.join(seeds)
-            except Exception as exc:
-                joined = 0
-                log.info("join_failed", attempt=attempt, error=str(exc))
-            if joined:
-                log.info("joined", members=joined)
-                return
-            if self.config.retry_max and attempt >= self.config.retry_max:
-                log.error("retry_join_gave_up", attempts=attempt)
-                return
-            await asyncio.sleep(min(1.0 * attempt, self.config.retry_interval))
+        await retry_join(
+            self.serf,
+            parse_seeds(addresses, 8301, "lan"),
+            retry_max=self.config.retry_max,
+            retry_interval=self.config.retry_interval,
+            pool="lan",
+        )
 
     async def join(self, addresses: list[str]) -> int:
         assert self.serf is not None
-        return await self.serf.join(
-            [parse_address(a if ":" in a else f"{a}:8301") for a in addresses]
-        )
+        return await self.serf.join([seed_address(a, 8301) for a in addresses])
 
     async def join_wan(self, addresses: list[str]) -> int:
         if not self.is_server:

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 
 import structlog
 
-from gossip.config import default_lan_config, default_local_config
+from gossip.config import GossipConfig, default_lan_config, default_local_config
 from gossip.keyring import Keyring
 from gossip.messages import Address
 from gossip.node import GossipNode, MemberInfo
 from gossip.serf import Serf, SerfConfig
-from gossip.transport import NetTransport
+from gossip.transport import GossipTransport, NetTransport
 from server.config.runtime import RuntimeConfig
 
-__all__ = ["CONSUL_VERSION", "ServerInfo", "build_tags", "start_lan_serf"]
+__all__ = ["CONSUL_VERSION", "ServerInfo", "build_tags", "start_lan_serf", "start_serf_node"]
 
 log = structlog.get_logger("serf")
 
@@ -107,7 +107,25 @@ async def start_lan_serf(
     bound = await transport.bind()
     advertise: Address = (config.advertise, bound[1])
     factory = default_local_config if config.dev else default_lan_config
-    gossip_config = factory(config.node_name, advertise)
+    node = await start_serf_node(
+        config, factory(config.node_name, advertise), transport, tags, on_event
+    )
+    log.info(
+        "serf_lan_started", addr=f"{advertise[0]}:{advertise[1]}", encrypted=bool(config.encrypt)
+    )
+    return node
+
+
+async def start_serf_node(
+    config: RuntimeConfig,
+    gossip_config: GossipConfig,
+    transport: GossipTransport,
+    tags: dict[str, str],
+    on_event: Callable[[object], None],
+) -> GossipNode[Serf]:
+    """A started Serf node on ``transport`` with the agent's keyring (``encrypt``) and
+    ``rejoin_after_leave``; the LAN and WAN pools differ only in their gossip config and
+    transport."""
     serf = Serf(
         SerfConfig(rejoin_after_leave=config.rejoin_after_leave),
         gossip_config,
@@ -118,5 +136,4 @@ async def start_lan_serf(
     keyring = Keyring.from_b64(config.encrypt) if config.encrypt else None
     node: GossipNode[Serf] = GossipNode(serf, transport, keyring, on_event=on_event)
     await node.start()
-    log.info("serf_lan_started", addr=f"{advertise[0]}:{advertise[1]}", encrypted=bool(keyring))
     return node

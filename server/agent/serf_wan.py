@@ -14,19 +14,17 @@
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
 
 from gossip.config import GossipConfig, default_local_config, default_wan_config
-from gossip.keyring import Keyring
 from gossip.messages import Address
 from gossip.node import GossipNode
-from gossip.serf import Serf, SerfConfig
+from gossip.serf import Serf
 from gossip.transport import GossipTransport, NetTransport
+from server.agent.serf_lan import start_serf_node
 from server.config.runtime import RuntimeConfig
 from server.state.sessions import parse_duration
 
@@ -81,15 +79,6 @@ async def start_wan_serf(
         advertise = advertise or (config.advertise_addr_wan or config.advertise, bound[1])
     assert advertise is not None
     gossip = wan_gossip_config(config, advertise, wanfed=not isinstance(transport, NetTransport))
-    serf = Serf(
-        SerfConfig(rejoin_after_leave=config.rejoin_after_leave),
-        gossip,
-        random.Random(),
-        time.monotonic(),
-        tags,
-    )
-    keyring = Keyring.from_b64(config.encrypt) if config.encrypt else None
-    node: GossipNode[Serf] = GossipNode(serf, transport, keyring, on_event=on_event)
-    await node.start()
+    node = await start_serf_node(config, gossip, transport, tags, on_event)
     log.info("serf_wan_started", name=gossip.name, addr=f"{advertise[0]}:{advertise[1]}")
     return node

@@ -35,11 +35,11 @@ from typing import Any
 
 import structlog
 
-from gossip.demo import parse_address
 from gossip.messages import Address
 from gossip.node import GossipNode
 from gossip.serf import MemberEvent, Serf
 from gossip.transport import GossipTransport, NetTransport
+from server.agent.joins import parse_seeds, retry_join, seed_address
 from server.agent.peer_snapshot import PeerSnapshot
 from server.agent.serf_wan import start_wan_serf, wan_name
 from server.config.runtime import RuntimeConfig
@@ -173,7 +173,7 @@ class WanFederation:
         for name, text in saved.items():
             node, _, dc = name.rpartition(".")
             try:
-                addr = _wan_seed(text)
+                addr = seed_address(text, 8302)
             except ValueError:
                 continue
             if node and dc:
@@ -299,7 +299,7 @@ class WanFederation:
         if self.wanfed:
             raise HTTPError(500, JOIN_DISABLED)
         assert self.serf is not None
-        return await self.serf.join([_wan_seed(a) for a in addresses])
+        return await self.serf.join([seed_address(a, 8302) for a in addresses])
 
     async def force_leave(self, node: str, prune: bool) -> None:
         if self.serf is None:
@@ -311,27 +311,13 @@ class WanFederation:
 
     async def _retry_join(self, addresses: list[str]) -> None:
         assert self.serf is not None
-        seeds: list[Address] = []
-        for text in addresses:
-            try:
-                seeds.append(_wan_seed(text))
-            except ValueError as exc:
-                log.error("retry_join_wan_bad_address", address=text, error=str(exc))
-        attempt = 0
-        while seeds:
-            attempt += 1
-            try:
-                joined = await self.serf.join(seeds)
-            except Exception as exc:
-                joined = 0
-                log.info("wan_join_failed", attempt=attempt, error=str(exc))
-            if joined:
-                log.info("wan_joined", members=joined)
-                return
-            if self.config.retry_max_wan and attempt >= self.config.retry_max_wan:
-                log.error("retry_join_wan_gave_up", attempts=attempt)
-                return
-            await asyncio.sleep(min(1.0 * attempt, self.config.retry_interval_wan))
+        await retry_join(
+            self.serf,
+            parse_seeds(addresses, 8302, "wan"),
+            retry_max=self.config.retry_max_wan,
+            retry_interval=self.config.retry_interval_wan,
+            pool="wan",
+        )
 
     async def _rejoin(self, seeds: list[Address]) -> None:
         """Join the WAN peers of our last run (a restarted server that nobody re-joins, e.g.
@@ -392,10 +378,6 @@ class WanFederation:
 
     def _primary_alive(self) -> bool:
         return any(s.alive for s in self.router.servers(self.primary_dc))
-
-
-def _wan_seed(text: str) -> Address:
-    return parse_address(text if ":" in text.rsplit("]", 1)[-1] else f"{text}:8302")
 
 
 def _resolve(entries: list[str]) -> list[str]:
