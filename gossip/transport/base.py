@@ -138,6 +138,15 @@ class TransportStats:
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    def count_stream_error(self, exc: StreamError) -> StreamError:
+        """Count a failed stream operation (and its kind); returns ``exc`` to raise."""
+        self.stream_errors += 1
+        if isinstance(exc, StreamTimeout):
+            self.stream_timeouts += 1
+        if isinstance(exc, FrameTooLarge):
+            self.frames_too_large += 1
+        return exc
+
 
 class GossipTransport(Protocol):
     """Packets and streams, bytes only. See the module docstring for the contract."""

@@ -97,12 +97,7 @@ class NetStreamConn:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _error(self, exc: StreamError) -> StreamError:
-        self._stats.stream_errors += 1
-        if isinstance(exc, StreamTimeout):
-            self._stats.stream_timeouts += 1
-        if isinstance(exc, FrameTooLarge):
-            self._stats.frames_too_large += 1
-        return exc
+        return self._stats.count_stream_error(exc)
 
     async def read_frame(self) -> bytes:
         if self._closed:

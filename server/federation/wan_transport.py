@@ -215,12 +215,7 @@ class _StreamBase:
         return self._remote
 
     def _error(self, exc: StreamError) -> StreamError:
-        self._stats.stream_errors += 1
-        if isinstance(exc, StreamTimeout):
-            self._stats.stream_timeouts += 1
-        if isinstance(exc, FrameTooLarge):
-            self._stats.frames_too_large += 1
-        return exc
+        return self._stats.count_stream_error(exc)
 
     async def _read(self) -> Any:
         raise NotImplementedError
