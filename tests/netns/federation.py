@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from netns.procs import (
     ADMIN_PORT,
     GATEWAY_PORT,
@@ -463,16 +462,6 @@ def check_cold_start(fed: Federation, budget: float) -> None:
     )
     fed.check_blocking_cross("dc1", "dc2")
     fed.check_blocking_cross("dc2", "dc1")
-
-
-#: Finding F2 of the netns tests (see the report): until the WAN pool is restored from a serf
-#: snapshot, a restarted lone primary server learns the pool only from the secondary.
-RESTART_XFAIL = pytest.mark.xfail(
-    strict=False,
-    reason="no WAN serf snapshot: a restarted lone primary server learns the WAN pool only "
-    "from the secondary (its next push/pull, ~120 s, or a reconnect if it saw the server "
-    "fail), so recovery depends on timing; Consul rejoins from serf/remote.snapshot",
-)
 
 
 def check_primary_server_restart(fed: Federation, timeout: float) -> None:

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 from netns.federation import (
-    RESTART_XFAIL,
     Federation,
     check_cold_start,
     check_primary_server_restart,
@@ -35,7 +34,6 @@ def test_cold_start(fed: Federation) -> None:
 
 
 @pytest.mark.timeout(180)
-@RESTART_XFAIL
 def test_primary_server_restarted(fed: Federation) -> None:
     heal(fed, HEAL)
     check_primary_server_restart(fed, HEAL)

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 
 import pytest
 from netns.federation import (
-    RESTART_XFAIL,
     Federation,
     check_cold_start,
     check_primary_server_restart,
@@ -126,7 +125,6 @@ def test_secondary_gateways_killed_then_restarted(fed: Federation) -> None:
 
 
 @pytest.mark.timeout(240)
-@RESTART_XFAIL
 def test_primary_server_restarted(fed: Federation) -> None:
     heal(fed, HEAL)
     check_primary_server_restart(fed, HEAL)
