@@ -324,21 +324,26 @@ class ServerContext:
             remaining = deadline - loop.time()
             if index > min_index or remaining <= 0 or self._closed:
                 return index, result
-            fired: asyncio.Future[None] = loop.create_future()
-            self._waiting.add(fired)
+            await self.wait_watch(ws, remaining)
 
-            def wake(fut: asyncio.Future[None] = fired) -> None:
-                if not fut.done():
-                    fut.set_result(None)
+    async def wait_watch(self, ws: WatchSet, timeout: float) -> None:
+        """Until a channel of ``ws`` fires, ``timeout`` seconds pass or the context closes
+        (``close`` wakes every waiter)."""
+        fired: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.add(fired)
 
-            cancel = ws.add_callback(wake)
-            try:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(remaining):
-                        await fired
-            finally:
-                cancel()
-                self._waiting.discard(fired)
+        def wake() -> None:
+            if not fired.done():
+                fired.set_result(None)
+
+        cancel = ws.add_callback(wake)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await fired
+        finally:
+            cancel()
+            self._waiting.discard(fired)
 
     @staticmethod
     def apply_filter(expression: str, items: Iterable[E], view: Callable[[E], Any]) -> list[E]:

@@ -186,23 +186,6 @@ async def _attempt(call: Callable[[], Awaitable[object]], backoff: Backoff, what
     return True
 
 
-async def _wait_fired(ws: WatchSet, timeout: float) -> None:
-    """Until a channel of ``ws`` closes, or ``timeout`` seconds."""
-    fired: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def wake() -> None:
-        if not fired.done():
-            fired.set_result(None)
-
-    cancel = ws.add_callback(wake)
-    try:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await fired
-    finally:
-        cancel()
-
-
 def _primary_dc(ctx: ServerContext) -> str:
     return ctx.config.primary_datacenter or ctx.config.datacenter
 
@@ -293,7 +276,7 @@ class AntiEntropy(_Loop):
                 log.debug("federation_state_synced", datacenter=dc, gateways=len(gateways))
             if ctx.closed:
                 return
-            await _wait_fired(ws, RECHECK)
+            await self.ctx.wait_watch(ws, RECHECK)
 
     async def _write(self, state: dict[str, Any]) -> None:
         ctx = self.ctx
@@ -423,7 +406,7 @@ class LocatorFeed(_Loop):
             if locator is not None and current != last:
                 locator.update(current)
                 last = current
-            await _wait_fired(ws, RECHECK if locator is not None else 1.0)
+            await self.ctx.wait_watch(ws, RECHECK if locator is not None else 1.0)
 
 
 def federation_services(ctx: ServerContext) -> list[Service]:
