@@ -609,7 +609,11 @@ def test_registration_routes_and_deregistration_with_a_dev_agent(tmp_path: Path)
             assert s["sni_suffixes"]["server.dc1.consul"]["bytes_in"] > 0
         finally:
             assert gw.stop() == 0, log.read_text()
+        deadline = time.monotonic() + DEADLINE  # the agent syncs the removal to the catalog
+        while client.get("/v1/health/service/gw-one").json() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert client.get("/v1/health/service/gw-one").json() == []
+        assert client.get("/v1/agent/service/gw-one").status == 404
     finally:
         proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):

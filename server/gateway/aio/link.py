@@ -26,6 +26,7 @@ from server.gateway.stats import Stats, SuffixStats
 __all__ = ["Link", "ProtocolLink"]
 
 WRITE_HIGH = 1 << 20
+READ_BUFFER = 256 << 10
 WRITE_LOW = 1 << 18
 
 
@@ -76,8 +77,13 @@ class Link:
             cb(self)
 
 
-class _Side(asyncio.Protocol):
-    """One socket of a :class:`ProtocolLink`; what it reads goes to ``peer``'s transport."""
+class _Side(asyncio.BufferedProtocol):
+    """One socket of a :class:`ProtocolLink`; what it reads goes to ``peer``'s transport.
+
+    A buffered protocol: the transport reads into this side's own buffer (``recv_into``, no
+    new ``bytes`` per read), and ``buffer_updated`` hands a view of it to the peer's
+    ``write``, which sends at once; when the socket did not take everything, the side moves
+    to a fresh buffer (the transport may still refer to the old one)."""
 
     def __init__(self, link: ProtocolLink, inbound: bool) -> None:
         self.link = link
@@ -86,6 +92,7 @@ class _Side(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.eof = False
         self.lost = False
+        self.view = memoryview(bytearray(READ_BUFFER))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -93,11 +100,18 @@ class _Side(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         transport.pause_reading()  # until both sides exist (ProtocolLink.start)
 
-    def data_received(self, data: bytes) -> None:
-        self.link.moved(len(data), self.inbound)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.link.moved(nbytes, self.inbound)
         peer = self.peer.transport
         if peer is not None:
-            peer.write(data)
+            peer.write(self.view[:nbytes])
+            if peer.get_write_buffer_size():
+                # Python 3.12+ keeps a view of unsent bytes instead of copying them: never
+                # overwrite what the peer still holds.
+                self.view = memoryview(bytearray(READ_BUFFER))
 
     def eof_received(self) -> bool:
         self.eof = True

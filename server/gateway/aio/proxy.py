@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +63,44 @@ class ProxySettings:
     max_connections: int = 10000
     domain: str = "consul"
     trust_domain: str | None = None
+
+
+async def _ready(fd: int, write: bool, deadline: float) -> bool:
+    """Wait until ``fd`` is readable (writable); False when ``deadline`` (loop time) passed.
+    Lighter than ``loop.sock_recv``/``sock_connect`` under ``asyncio.timeout``: one future,
+    one timer, no task."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[bool] = loop.create_future()
+
+    def fire(value: bool) -> None:
+        if not fut.done():
+            fut.set_result(value)
+
+    timer = loop.call_at(deadline, fire, False)
+    if write:
+        loop.add_writer(fd, fire, True)
+    else:
+        loop.add_reader(fd, fire, True)
+    try:
+        return await fut
+    finally:
+        timer.cancel()
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+async def _send_all(sock: socket.socket, data: bytes, timeout: float) -> None:
+    """Send ``data`` on a fresh connection (usually one ``send``), within ``timeout``."""
+    view = memoryview(data)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except (BlockingIOError, InterruptedError):
+            if not await _ready(sock.fileno(), True, deadline):
+                raise TimeoutError("upstream did not take the ClientHello") from None
 
 
 def _family(host: str) -> socket.AddressFamily | None:
@@ -176,7 +215,7 @@ class Proxy:
                 if upstream is None:
                     return
                 try:
-                    await asyncio.get_running_loop().sock_sendall(upstream, data)
+                    await _send_all(upstream, data, self.settings.connect_timeout)
                 except BaseException:
                     upstream.close()
                     raise
@@ -198,19 +237,23 @@ class Proxy:
         loop = asyncio.get_running_loop()
         parser = ClientHelloParser(self.settings.hello_max_bytes)
         buf = bytearray()
+        deadline = loop.time() + self.settings.hello_timeout
         try:
-            async with asyncio.timeout(self.settings.hello_timeout):
-                while True:
-                    chunk = await loop.sock_recv(conn, RECV_CHUNK)
-                    if not chunk:
-                        self.stats.refuse("client_closed")
+            while True:
+                try:
+                    chunk = conn.recv(RECV_CHUNK)
+                except (BlockingIOError, InterruptedError):
+                    if not await _ready(conn.fileno(), False, deadline):
+                        self.stats.refuse("hello_timeout")
                         return None
-                    buf += chunk
-                    result = parser.feed(chunk)
-                    if isinstance(result, ClientHello):
-                        return result, bytes(buf)
-        except TimeoutError:
-            self.stats.refuse("hello_timeout")
+                    continue
+                if not chunk:
+                    self.stats.refuse("client_closed")
+                    return None
+                buf += chunk
+                result = parser.feed(chunk)
+                if isinstance(result, ClientHello):
+                    return result, bytes(buf)
         except ClientHelloError as err:
             self.stats.refuse(err.reason.value)
         except OSError:
@@ -239,8 +282,16 @@ class Proxy:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
-            async with asyncio.timeout(self.settings.connect_timeout):
-                await loop.sock_connect(sock, sockaddr)
+            err = sock.connect_ex(sockaddr)
+            if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EINTR):
+                deadline = loop.time() + self.settings.connect_timeout
+                if not await _ready(sock.fileno(), True, deadline):
+                    raise TimeoutError(
+                        f"connect timed out after {self.settings.connect_timeout:g} s"
+                    )
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err not in (0, errno.EISCONN):
+                raise OSError(err, os.strerror(err))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except BaseException:
             sock.close()
