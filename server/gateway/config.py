@@ -22,12 +22,14 @@ import enum
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from server.clicmd.api import Client
 from server.gateway.clienthello import DEFAULT_MAX_BYTES
 from server.gateway.routes import Address
 from server.gateway.tables import FEDERATION_META_KEY
+
+if TYPE_CHECKING:
+    from server.clicmd.api import Client
 
 __all__ = [
     "DEFAULT_ADMIN_BIND",
@@ -61,7 +63,7 @@ class GatewayConfig:
     register: bool = False
     bind_addresses: Mapping[str, Address] = field(default_factory=dict)
     admin_bind: Address = field(default_factory=lambda: Address("127.0.0.1", 19000))
-    agent: Client = field(default_factory=Client)  # the HTTP flags, resolved
+    agent: Client | None = None  # the HTTP flags, resolved; None: http://127.0.0.1:8500
     domain: str = "consul"
     trust_domain: str | None = None
     data_path: DataPath = DataPath.SPLICE

@@ -80,6 +80,7 @@ def test_config_from_flags_consul_spelling(monkeypatch: pytest.MonkeyPatch) -> N
     assert cfg.admin_bind == Address("127.0.0.1", 0)
     assert cfg.bind_addresses == {"lan": Address("0.0.0.0", 8443)}
     assert cfg.data_path is DataPath.PROTOCOL and cfg.idle_timeout == 90.0
+    assert cfg.agent is not None
     assert cfg.agent.base == "https://127.0.0.1:8501" and cfg.agent.token == "secret"
 
 
@@ -88,5 +89,5 @@ def test_http_addr_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     fs = COMMANDS["connect mesh-gateway"]().flagset()
     args = fs.parse([])
     cfg = config_from_flags(Context(fs, args), "mesh")
-    assert cfg.agent.base == "http://127.0.0.9:18500"
+    assert cfg.agent is not None and cfg.agent.base == "http://127.0.0.9:18500"
     assert cfg.lan is None and cfg.wan is None and not cfg.register

@@ -19,6 +19,7 @@ import signal
 
 import structlog
 
+from server.clicmd.api import Client
 from server.gateway.aio.admin import start_admin
 from server.gateway.aio.proxy import Proxy, ProxySettings
 from server.gateway.aio.registration import deregister, keep_registered
@@ -83,7 +84,7 @@ async def run_gateway(cfg: GatewayConfig, stop: asyncio.Event | None = None) -> 
             trust_domain=cfg.trust_domain,
         ),
     )
-    client = AgentClient(cfg.agent)
+    client = AgentClient(cfg.agent or Client())
     tasks: list[asyncio.Task[None]] = []
     registered = asyncio.Event()
     runner = None
