@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from server.federation.locator import FEDERATION_META_KEY
 from server.gateway.clienthello import DEFAULT_MAX_BYTES
 from server.gateway.routes import Address
-from server.gateway.tables import FEDERATION_META_KEY
 
 if TYPE_CHECKING:
     from server.clicmd.api import Client

@@ -28,10 +28,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from server.federation.locator import FEDERATION_META_KEY
 from server.gateway.routes import Address, Route, RouteKind, RoutingTable
 
 __all__ = [
-    "FEDERATION_META_KEY",
     "LocalServers",
     "build_table",
     "csn_address",
@@ -40,9 +40,6 @@ __all__ = [
     "remote_gateways",
     "sni_suffix",
 ]
-
-#: Service meta a mesh gateway carries when it exposes servers (``structs.MetaWANFederationKey``).
-FEDERATION_META_KEY = "consul-wan-federation"
 
 
 def _valid_port(value: Any) -> int | None:
