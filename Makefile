@@ -21,7 +21,8 @@ help:
 	@echo "make bench  run bench/raft_bench.py and bench/kv_bench.py (vs etcd), bench/gossip_bench.py (gossip.sim),"
 	@echo "            bench/register_bench.py (registrations/s through 3 client agents;"
 	@echo "            its arguments: REGISTER_BENCH_ARGS='--services 3000 --json')"
-	@echo "            and bench/federation_bench.py (cross-dc reads through gateways, cold start)"
+	@echo "            bench/federation_bench.py (cross-dc reads through gateways, cold start)"
+	@echo "            and bench/gateway_bench.py (mesh gateway throughput and new connections/s vs direct)"
 	@echo "make venv   create .venv and install the project with its test and bench extras"
 	@echo "make clean  remove the venv, caches and build output"
 
@@ -106,6 +107,7 @@ bench: venv
 	$(PY) bench/gossip_bench.py
 	$(PY) bench/register_bench.py $(REGISTER_BENCH_ARGS)
 	$(PY) bench/federation_bench.py
+	$(PY) bench/gateway_bench.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis .benchmarks
