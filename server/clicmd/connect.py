@@ -4,10 +4,12 @@
 Consul's ``connect envoy`` flags for gateways are accepted with Consul's meaning: ``-gateway``
 (only ``mesh``), ``-register``, ``-service``, ``-address``, ``-wan-address``,
 ``-expose-servers``, ``-admin-bind``, ``-bind-address name=ip:port`` (repeatable),
-``-deregister-after-critical``, the HTTP flags (``-http-addr``, ``-token``, ...). Flags that
-only make sense for Envoy (``-envoy-binary``, ``-envoy-version``, ``-grpc-addr``,
+``-deregister-after-critical``, ``-proxy-id`` (with ``-register``: the registration's service
+ID, default the service name, as in Consul; without it the built-in gateway reads no
+registration, so it has no effect), the HTTP flags (``-http-addr``, ``-token``, ...). Flags
+that only make sense for Envoy (``-envoy-binary``, ``-envoy-version``, ``-grpc-addr``,
 ``-admin-access-log-path``, ``-no-central-config``, ``-omit-deprecated-tags``) are accepted and
-ignored; ``-bootstrap``, ``-proxy-id`` and ``-sidecar-for`` are refused (no Envoy here).
+ignored; ``-bootstrap`` and ``-sidecar-for`` are refused (no Envoy, no sidecars here).
 
 Our own flags: ``-data-path protocol|splice``, ``-idle-timeout``, ``-max-connections``,
 ``-hello-timeout``, ``-connect-timeout``, ``-domain``, ``-trust-domain``, ``-log-level``.
@@ -53,7 +55,7 @@ def _flags(fs: FlagSet, with_gateway: bool) -> None:
     fs.string("admin-bind", DEFAULT_ADMIN_BIND, "The address:port to start the admin (metrics) server on: /stats, /metrics, /ready. Port 0 picks a free port.")  # fmt: skip
     fs.mapping("bind-address", "Bind address to use instead of the default binding rules given as `<name>=<ip>:<port>` pairs. This flag may be specified multiple times.")  # fmt: skip
     fs.string("deregister-after-critical", "6h", "The amount of time the gateway service health check can be failing before being deregistered.")  # fmt: skip
-    fs.string("proxy-id", "", "Not supported: the built-in gateway runs mesh gateways only.")
+    fs.string("proxy-id", "", "The gateway's service ID on the local agent: with -register, the ID it registers under (default: the -service name).")  # fmt: skip
     fs.string("sidecar-for", "", "Not supported: the built-in gateway runs mesh gateways only.")
     fs.boolean("bootstrap", False, "Not supported: there is no Envoy bootstrap to generate.")
     for name in IGNORED:
@@ -79,8 +81,8 @@ def _address(ctx: Context, flag: str, *, allow_zero: bool = False) -> Address:
 
 def config_from_flags(ctx: Context, gateway: str) -> GatewayConfig:
     """Validate the flags (Consul's rules, one-line refusals) and build the config."""
-    if ctx["proxy-id"] or ctx["sidecar-for"]:
-        raise Fail("-proxy-id and -sidecar-for are not supported: the built-in gateway runs mesh gateways only")  # fmt: skip
+    if ctx["sidecar-for"]:
+        raise Fail("-sidecar-for is not supported: the built-in gateway runs mesh gateways only")  # fmt: skip
     if ctx["bootstrap"]:
         raise Fail("-bootstrap is not supported: the built-in gateway does not use Envoy")
     if not gateway:
@@ -110,6 +112,7 @@ def config_from_flags(ctx: Context, gateway: str) -> GatewayConfig:
         raise Fail(f"Error: {exc}") from None
     return GatewayConfig(
         service=ctx["service"],
+        proxy_id=ctx["proxy-id"],
         lan=lan,
         wan=wan,
         expose_servers=ctx["expose-servers"],

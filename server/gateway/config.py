@@ -11,7 +11,9 @@ Invariants:
   wildcard already receives its connections.
 - :func:`registration` builds exactly the body of ``PUT /v1/agent/service/register`` Consul's
   ``connect envoy -gateway=mesh -register`` sends, minus Envoy's proxy config: kind
-  ``mesh-gateway``, ID = Name = the service name, the LAN address as Address/Port, ``lan`` and
+  ``mesh-gateway``, Name = the service name, ID = ``-proxy-id`` (default: the service name, as
+  in Consul, so two gateways registering through one agent need distinct ``-proxy-id``s or
+  names), the LAN address as Address/Port, ``lan`` and
   ``wan`` tagged addresses, the federation meta when exposing servers, and a TCP check on the
   LAN address every 10 s.
 """
@@ -57,6 +59,7 @@ class GatewayConfig:
     """Everything the gateway process needs; the CLI fills it from flags."""
 
     service: str = DEFAULT_SERVICE
+    proxy_id: str = ""  # the registration's service ID; "": the service name
     lan: Address | None = None  # None: the agent's LAN advertise address, port 8443
     wan: Address | None = None  # None: the agent's WAN advertise address, the LAN port
     expose_servers: bool = False
@@ -73,6 +76,11 @@ class GatewayConfig:
     hello_max_bytes: int = DEFAULT_MAX_BYTES
     connect_timeout: float = 5.0
     deregister_critical_after: str = "6h"
+
+    @property
+    def service_id(self) -> str:
+        """The ID the gateway registers (and deregisters) itself under."""
+        return self.proxy_id or self.service
 
 
 def parse_hostport(text: str, *, allow_zero: bool = False, what: str = "address") -> Address:
@@ -132,7 +140,7 @@ def registration(cfg: GatewayConfig, lan: Address, wan: Address) -> dict[str, An
     """The ``PUT /v1/agent/service/register`` body for this gateway."""
     body: dict[str, Any] = {
         "Kind": "mesh-gateway",
-        "ID": cfg.service,
+        "ID": cfg.service_id,
         "Name": cfg.service,
         "Address": lan.host,
         "Port": lan.port,

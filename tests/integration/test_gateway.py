@@ -556,32 +556,8 @@ def test_registration_routes_and_deregistration_with_a_dev_agent(tmp_path: Path)
     try:
         node = client.get("/v1/agent/self").json()["Config"]["NodeName"]
         lan, wan = free_port(), free_port()
-        admin = free_port()
-        log = tmp_path / "gw.log"
-        with log.open("wb") as out:
-            gw_proc = subprocess.Popen(
-                [
-                    *proconsul(),
-                    "connect",
-                    "envoy",
-                    "-gateway=mesh",
-                    "-register",
-                    "-service",
-                    "gw-one",
-                    "-address",
-                    f"127.0.0.1:{lan}",
-                    "-wan-address",
-                    f"127.0.0.2:{wan}",
-                    "-expose-servers",
-                    "-http-addr",
-                    f"127.0.0.1:{http_port}",
-                    "-admin-bind",
-                    f"127.0.0.1:{admin}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        gw = Gateway(gw_proc, lan, admin, log)
+        gw = registering_gateway(tmp_path, http_port, lan, wan, "-service", "gw-one")
+        log = gw.log
         try:
             s = gw.wait(lambda s: s["ready"] and bool(s["routing_table"]["Servers"]), "routes")
             rpc = client.get("/v1/agent/self").json()["DebugConfig"]["ServerPort"]
@@ -615,6 +591,55 @@ def test_registration_routes_and_deregistration_with_a_dev_agent(tmp_path: Path)
         assert client.get("/v1/health/service/gw-one").json() == []
         assert client.get("/v1/agent/service/gw-one").status == 404
     finally:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        stop_agent(proc)
+
+
+def registering_gateway(
+    tmp: Path, http_port: int, lan: int, wan: int, *flags: str, name: str = "gw"
+) -> Gateway:
+    """``connect envoy -gateway=mesh -register -expose-servers`` on 127.0.0.1:``lan`` (WAN
+    127.0.0.2:``wan``) against the agent at ``http_port``; not waited for."""
+    admin = free_port()
+    log = tmp / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*proconsul(), "connect", "envoy", "-gateway=mesh", "-register", "-expose-servers",
+             "-address", f"127.0.0.1:{lan}", "-wan-address", f"127.0.0.2:{wan}",
+             "-http-addr", f"127.0.0.1:{http_port}", "-admin-bind", f"127.0.0.1:{admin}", *flags],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return Gateway(proc, lan, admin, log)
+
+
+def test_two_gateways_with_distinct_proxy_ids_on_one_agent(tmp_path: Path) -> None:
+    """Consul's ``-proxy-id`` is the registration's ID: two gateways of one service name on one
+    agent are both in the catalog, and each deregisters only itself."""
+    proc, client = start_agent(tmp_path / "agent.log")
+    http_port = int(client.base.rsplit(":", 1)[1])
+    gws: list[Gateway] = []
+    try:
+        for pid in ("gw-a", "gw-b"):
+            gws.append(registering_gateway(tmp_path, http_port, free_port(), free_port(), "-proxy-id", pid, name=pid))  # fmt: skip
+        deadline = time.monotonic() + DEADLINE
+        ids: list[str] = []
+        while time.monotonic() < deadline:
+            found = client.get("/v1/health/service/mesh-gateway").json()
+            ids = sorted(e["Service"]["ID"] for e in found)
+            if len(ids) == 2:
+                break
+            time.sleep(0.1)
+        assert ids == ["gw-a", "gw-b"], [g.log.read_text() for g in gws]
+        assert gws[0].stop() == 0, gws[0].log.read_text()
+        while time.monotonic() < deadline and len(client.get("/v1/health/service/mesh-gateway").json()) != 1:  # fmt: skip
+            time.sleep(0.1)
+        left = client.get("/v1/health/service/mesh-gateway").json()
+        assert [e["Service"]["ID"] for e in left] == ["gw-b"]
+    finally:
+        for gw in gws:
+            gw.stop()
         proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)

@@ -25,7 +25,7 @@ def run(*argv: str) -> tuple[int, str, str]:
     [
         (["connect", "envoy", "-gateway=ingress"], '-gateway="ingress" is not supported'),
         (["connect", "envoy", "-register"], "-gateway=mesh is required"),
-        (["connect", "envoy", "-sidecar-for", "web"], "-sidecar-for are not supported"),
+        (["connect", "envoy", "-sidecar-for", "web"], "-sidecar-for is not supported"),
         (["connect", "envoy", "-gateway=mesh", "-bootstrap"], "-bootstrap is not supported"),
         (["connect", "mesh-gateway", "-address", "nope"], "invalid -address"),
         (["connect", "mesh-gateway", "-data-path", "fast"], '-data-path must be "splice"'),
@@ -58,6 +58,8 @@ def test_config_from_flags_consul_spelling(monkeypatch: pytest.MonkeyPatch) -> N
             "-register",
             "-service",
             "gw-1",
+            "-proxy-id",
+            "gw-1-a",
             "-address",
             "10.0.0.1:8443",
             "--wan-address=203.0.113.1:443",
@@ -76,6 +78,7 @@ def test_config_from_flags_consul_spelling(monkeypatch: pytest.MonkeyPatch) -> N
     )
     cfg = config_from_flags(Context(fs, args), fs["gateway"])
     assert cfg.service == "gw-1" and cfg.register and cfg.expose_servers
+    assert cfg.proxy_id == "gw-1-a" and cfg.service_id == "gw-1-a"
     assert cfg.lan == Address("10.0.0.1", 8443) and cfg.wan == Address("203.0.113.1", 443)
     assert cfg.admin_bind == Address("127.0.0.1", 0)
     assert cfg.bind_addresses == {"lan": Address("0.0.0.0", 8443)}
@@ -91,3 +94,4 @@ def test_http_addr_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = config_from_flags(Context(fs, args), "mesh")
     assert cfg.agent is not None and cfg.agent.base == "http://127.0.0.9:18500"
     assert cfg.lan is None and cfg.wan is None and not cfg.register
+    assert cfg.service_id == "mesh-gateway"  # Consul's default ID: the service name

@@ -201,6 +201,17 @@ def test_registration_body() -> None:
     assert "Meta" not in registration(GatewayConfig(), lan, wan)
 
 
+def test_registration_id_is_the_proxy_id_else_the_service_name() -> None:
+    """Consul's ``-proxy-id``: the registration's service ID; the name stays the service's (two
+    gateways of one service on one agent register side by side)."""
+    lan, wan = Address("10.0.0.1", 8443), Address("203.0.113.1", 443)
+    body = registration(GatewayConfig(service="gw", proxy_id="gw-2"), lan, wan)
+    assert (body["ID"], body["Name"], body["Kind"]) == ("gw-2", "gw", "mesh-gateway")
+    assert GatewayConfig(service="gw", proxy_id="gw-2").service_id == "gw-2"
+    assert registration(GatewayConfig(), lan, wan)["ID"] == "mesh-gateway"
+    assert GatewayConfig(service="gw").service_id == "gw"
+
+
 # -- stats ------------------------------------------------------------------------------------
 
 

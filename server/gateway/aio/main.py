@@ -146,7 +146,7 @@ async def run_gateway(cfg: GatewayConfig, stop: asyncio.Event | None = None) -> 
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if registered.is_set():
-            await deregister(client, cfg.service)
+            await deregister(client, cfg.service_id)
         proxy.close()
         await proxy.wait_closed()
         if runner is not None:
