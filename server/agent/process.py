@@ -50,6 +50,7 @@ from raft.timing import Timing
 from raft.transport.grpc import GrpcTransport
 from server.agent.joins import parse_seeds, retry_join, seed_address
 from server.agent.leader import LeaderDuties
+from server.agent.ports import free_port, port_free
 from server.agent.serf_lan import ServerInfo, build_tags, start_lan_serf
 from server.agent.servers import ServerPool
 from server.agent.wan import WanFederation
@@ -73,23 +74,6 @@ log = structlog.get_logger("agent")
 LEAVE_TIMEOUT = 5.0
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def _dev_ports(config: RuntimeConfig) -> RuntimeConfig:
     """``-dev`` agents on one machine must not collide: a default server or serf port that
     is taken falls back to a free one (a port given explicitly is used as given)."""
@@ -99,8 +83,8 @@ def _dev_ports(config: RuntimeConfig) -> RuntimeConfig:
     changes: dict[str, Any] = {}
     for name, default in (("server_port", 8300), ("serf_lan_port", 8301), ("serf_wan_port", 8302)):
         port = getattr(config, name)
-        if port == 0 or (port == default and not _port_free(host, port)):
-            changes[name] = _free_port(host)
+        if port == 0 or (port == default and not port_free(host, port)):
+            changes[name] = free_port(host)
     return replace(config, **changes) if changes else config
 
 
@@ -323,7 +307,7 @@ class Agent:
                 if not cfg.dev or attempt == 4:
                     raise
                 cfg = dataclasses.replace(
-                    cfg, serf_lan_port=_free_port(cfg.bind_addr or "127.0.0.1")
+                    cfg, serf_lan_port=free_port(cfg.bind_addr or "127.0.0.1")
                 )
                 self.config = cfg
                 self.ctx.config = cfg

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import socket
 from collections.abc import Callable
@@ -38,9 +39,10 @@ import structlog
 from gossip.messages import Address
 from gossip.node import GossipNode
 from gossip.serf import MemberEvent, Serf
-from gossip.transport import GossipTransport, NetTransport
+from gossip.transport import GossipTransport, NetTransport, TransportError
 from server.agent.joins import parse_seeds, retry_join, seed_address
 from server.agent.peer_snapshot import PeerSnapshot
+from server.agent.ports import free_port
 from server.agent.serf_wan import start_wan_serf, wan_name
 from server.config.runtime import RuntimeConfig
 from server.endpoints.context import ServerContext
@@ -180,7 +182,20 @@ class WanFederation:
                 self._remembered[addr] = (node, dc)
                 seeds.append(addr)
         self._peers = dict(self._remembered)
-        self.serf = await start_wan_serf(cfg, tags, self._on_event, transport, advertise=advertise)
+        for attempt in range(5):
+            try:
+                self.serf = await start_wan_serf(
+                    cfg, tags, self._on_event, transport, advertise=advertise
+                )
+                break
+            except TransportError:
+                # -dev agents started side by side can race for the same free port (checked
+                # free, taken before we bind): in dev mode only, retry on a fresh one.
+                if not cfg.dev or transport is not None or attempt == 4:
+                    raise
+                cfg = self.config = dataclasses.replace(
+                    cfg, serf_wan_port=free_port(cfg.bind_addr or "127.0.0.1")
+                )
         self.ctx.serf_wan = self.serf
         await self._update_router()
         self._spawn(self._router_loop(), "wan-router")
