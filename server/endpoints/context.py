@@ -180,7 +180,9 @@ class ServerContext:
         return self.fsm.store
 
     def check_datacenter(self, datacenter: str) -> None:
-        """Requests for another datacenter fail as in Consul until federation exists."""
+        """A request for another datacenter that reached a handler: the forward middleware
+        sends those it can to that datacenter (``server.federation.remote``), so this is an
+        endpoint Consul does not forward either, or a client agent's own endpoint."""
         if datacenter and datacenter != self.config.datacenter:
             raise HTTPError(500, "No path to datacenter")
 

@@ -86,7 +86,16 @@ def _needs_leader(ctx: ServerContext, request: web.Request) -> bool:
 CLIENT_FORWARDED_PREFIXES = (*FORWARDED_PREFIXES, "/v1/status/", "/v1/operator/")
 
 
-def _client_needs_server(request: web.Request) -> bool:
+#: Answered by this agent for its own datacenter, by a server of the other one with ``?dc=``
+#: (Consul's Status.Leader/Peers and Internal.EventFire take a datacenter).
+REMOTE_ONLY_PREFIXES = ("/v1/status/", "/v1/event/fire/")
+
+
+def _client_needs_server(ctx: ServerContext, request: web.Request) -> bool:
+    if request.path.startswith(REMOTE_ONLY_PREFIXES):
+        dc = request.query.get("dc", "")
+        if dc and dc != ctx.config.datacenter:
+            return True
     if not request.path.startswith(CLIENT_FORWARDED_PREFIXES):
         return False
     return not request.path.startswith("/v1/operator/keyring")
@@ -153,7 +162,9 @@ async def _remote_dc(ctx: ServerContext, request: web.Request) -> str | None:
         dc = dc if isinstance(dc, str) else ""
     if not dc or dc == ctx.config.datacenter:
         return None
-    if not request.path.startswith(FORWARDED_PREFIXES) or request.path in _NEVER_REMOTE:
+    if request.path in _NEVER_REMOTE or not request.path.startswith(
+        (*FORWARDED_PREFIXES, *REMOTE_ONLY_PREFIXES)
+    ):
         return None
     return dc
 
@@ -184,7 +195,7 @@ def forward_middleware(
             if dc is not None:
                 return await _forward_remote(ctx, request, dc)
         if raft is None:
-            if ctx.server_pool is not None and _client_needs_server(request):
+            if ctx.server_pool is not None and _client_needs_server(ctx, request):
                 return await _relay_to_servers(ctx, request)
             return await handler(request)
         if raft.is_leader or ctx.leader_rpc is None or not _needs_leader(ctx, request):

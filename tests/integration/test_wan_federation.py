@@ -110,6 +110,20 @@ async def test_two_datacenters_federate_over_the_wan_pool(tmp_path: Path) -> Non
             async with http.get(f"{s1}/v1/catalog/node/ext-1") as r:
                 assert await r.json() is None
 
+            # Status and events are Consul RPCs that take a datacenter too.
+            async with http.get(f"{client.base}/v1/status/leader?dc=dc2") as r:
+                assert await r.json() == dc2[0].rpc_address
+            async with http.get(f"{s1}/v1/status/peers?dc=dc2") as r:
+                assert await r.json() == [dc2[0].rpc_address]
+            async with http.put(f"{s1}/v1/event/fire/deploy?dc=dc2", data=b"v2") as r:
+                assert r.status == 200, await r.text()
+
+            async def fired_in_dc2() -> bool:
+                async with http.get(f"{s3}/v1/event/list?name=deploy") as r:
+                    return len(await r.json()) == 1
+
+            await _until(fired_in_dc2, 10, "the event fired in dc2")
+
             async with http.get(f"{s1}/v1/kv/fed?dc=nowhere") as r:
                 assert r.status == 500 and await r.text() == "No path to datacenter"
 
