@@ -4,7 +4,7 @@ against a direct loopback connection, measured in the same run.
 Usage (from the repository root, after ``make venv``)::
 
     .venv/bin/python bench/gateway_bench.py [--seconds 10] [--streams 1,4] [--concurrency 8]
-        [--rounds 1] [--json] [--keep]
+        [--rounds 1] [--pin] [--baseline-tree DIR] [--json] [--keep]
 
 Method
 ------
@@ -34,6 +34,16 @@ the protocol gateway and through the reference relay (``--rounds`` repeats the s
 ratios to direct are printed. Targets (issue 6): >= 0.7x direct throughput, >= 0.4x direct new
 connections per second.
 
+``--baseline-tree DIR`` adds a row ``baseline``: a splice gateway run from another source tree
+(``git archive <commit> | tar -x -C DIR``), so a change to the data path is measured before and
+after in the same run.
+
+``--pin`` is the "gateway on its own core" deployment: every endpoint (sink, ack server, sender,
+connect client) runs on the first CPU the benchmark may use, every hop (both gateways, the
+reference relay) on the second — for the direct rows as for the gateway rows, so the endpoints
+get the same CPU in both. A child inherits the affinity of the thread that starts it, so the
+benchmark sets its own (``os.sched_setaffinity``) around each start and restores it.
+
 Caveats
 -------
 * Loopback has no network cost, so "direct" is the most favourable peer: the gateway doubles
@@ -56,6 +66,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import os
 import resource
 import socket
 import ssl
@@ -63,6 +74,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -91,6 +103,28 @@ CHUNK = 1 << 20
 
 def log(msg: str) -> None:
     print(f"[gateway_bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def pin_cpus() -> tuple[set[int], set[int]]:
+    """(endpoint CPUs, hop CPUs) for ``--pin``: the first two CPUs this process may use."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise BenchError(f"--pin needs 2 CPUs, this process may use {cpus}")
+    return {cpus[0]}, {cpus[1]}
+
+
+@contextlib.contextmanager
+def affinity(cpus: set[int] | None) -> Iterator[None]:
+    """Processes started inside run on ``cpus`` (None: unchanged)."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def client_hello(sni: str) -> bytes:
@@ -316,11 +350,18 @@ def run(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any
         },
         "load_before": loadavg(),
     }
+    ends: set[int] | None = None
+    hops: set[int] | None = None
+    if args.pin:
+        ends, hops = pin_cpus()
+        result["pinned"] = {"endpoints": sorted(ends), "hops": sorted(hops)}
+        log(f"pinned: endpoints on CPU {sorted(ends)}, gateways and relay on CPU {sorted(hops)}")
     sink_port, ack_port, agent_port, relay_sink, relay_ack, *gw_ports = free_ports(
-        5 + 2 * len(args.paths)
+        5 + 2 * len(args.gateways)
     )
-    sink = procs.start("sink", child(["--role", "sink", "--port", str(sink_port)]))
-    procs.start("ack", child(["--role", "ack", "--port", str(ack_port)]))
+    with affinity(ends):
+        sink = procs.start("sink", child(["--role", "sink", "--port", str(sink_port)]))
+        procs.start("ack", child(["--role", "ack", "--port", str(ack_port)]))
     wait_port(sink_port, "the sink", procs)
     wait_port(ack_port, "the ack server", procs)
     agent = fake_agent(agent_port, {"sink": sink_port, "ack": ack_port})
@@ -328,26 +369,29 @@ def run(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any
         targets = {"direct": {"sink": sink_port, "ack": ack_port}}
         if args.relay:
             for name, port, up in (("sink", relay_sink, sink_port), ("ack", relay_ack, ack_port)):
-                procs.start(f"relay-{name}", child(["--role", "relay", "--port", str(port), "--upstream", str(up)]))  # fmt: skip
+                with affinity(hops):
+                    procs.start(f"relay-{name}", child(["--role", "relay", "--port", str(port), "--upstream", str(up)]))  # fmt: skip
                 wait_port(port, f"the {name} relay", procs)
             targets["relay"] = {"sink": relay_sink, "ack": relay_ack}
         admins = {}
         gateways = {}
-        for i, path in enumerate(args.paths):
+        for i, (path, data_path, tree) in enumerate(args.gateways):
             port, admin = gw_ports[2 * i], gw_ports[2 * i + 1]
-            gateways[path] = procs.start(
-                f"ours-gateway-{path}",
-                [
-                    *proconsul(),
-                    "connect",
-                    "mesh-gateway",
-                    "-expose-servers",
-                    f"-address=127.0.0.1:{port}",
-                    f"-http-addr=127.0.0.1:{agent_port}",
-                    f"-admin-bind=127.0.0.1:{admin}",
-                    f"-data-path={path}",
-                ],
-            )
+            with affinity(hops):
+                gateways[path] = procs.start(
+                    f"ours-gateway-{path}",
+                    [
+                        *(proconsul() if tree is None else [sys.executable, "-m", "server.cli"]),
+                        "connect",
+                        "mesh-gateway",
+                        "-expose-servers",
+                        f"-address=127.0.0.1:{port}",
+                        f"-http-addr=127.0.0.1:{agent_port}",
+                        f"-admin-bind=127.0.0.1:{admin}",
+                        f"-data-path={data_path}",
+                    ],
+                    cwd=tree,  # python -m from another tree imports that tree's server/
+                )
             targets[path] = {"sink": port, "ack": port}
             admins[path] = admin
         for path, admin in admins.items():
@@ -367,13 +411,14 @@ def run(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any
                     log(f"round {rnd}: throughput, {streams} stream(s), {path}, {seconds:g} s")
                     cpu = gateway_cpu(gateways.get(path))
                     sink_cpu = gateway_cpu(sink)
-                    out = procs.run(
-                        f"send-{rnd}-{streams}-{path}",
-                        child(["--role", "send", "--target", f"127.0.0.1:{ports['sink']}",
-                               "--sni", "sink.server.dc1.consul", "--streams", str(streams),
-                               "--seconds", str(seconds), "--warmup", str(warmup)]),
-                        timeout=seconds + warmup + 60,
-                    )  # fmt: skip
+                    with affinity(ends):
+                        out = procs.run(
+                            f"send-{rnd}-{streams}-{path}",
+                            child(["--role", "send", "--target", f"127.0.0.1:{ports['sink']}",
+                                   "--sni", "sink.server.dc1.consul", "--streams", str(streams),
+                                   "--seconds", str(seconds), "--warmup", str(warmup)]),
+                            timeout=seconds + warmup + 60,
+                        )  # fmt: skip
                     row = last_json(out) | {"round": rnd, "streams": streams, "path": path}
                     row["load"] = loadavg()
                     row["gateway_cpu_s"] = gateway_cpu(gateways.get(path)) - cpu
@@ -384,14 +429,15 @@ def run(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any
                 procs.check_alive()
                 log(f"round {rnd}: new connections, concurrency {args.concurrency}, {path}")
                 cpu = gateway_cpu(gateways.get(path))
-                out = procs.run(
-                    f"connect-{rnd}-{path}",
-                    child(["--role", "connect", "--target", f"127.0.0.1:{ports['ack']}",
-                           "--sni", "ack.server.dc1.consul", "--concurrency",
-                           str(args.concurrency), "--seconds", str(seconds), "--warmup",
-                           str(warmup)]),
-                    timeout=seconds + warmup + 60,
-                )  # fmt: skip
+                with affinity(ends):
+                    out = procs.run(
+                        f"connect-{rnd}-{path}",
+                        child(["--role", "connect", "--target", f"127.0.0.1:{ports['ack']}",
+                               "--sni", "ack.server.dc1.consul", "--concurrency",
+                               str(args.concurrency), "--seconds", str(seconds), "--warmup",
+                               str(warmup)]),
+                        timeout=seconds + warmup + 60,
+                    )  # fmt: skip
                 row = last_json(out) | {"round": rnd, "path": path}
                 row["load"] = loadavg()
                 row["gateway_cpu_s"] = gateway_cpu(gateways.get(path)) - cpu
@@ -406,7 +452,7 @@ def run(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any
     finally:
         agent.shutdown()
         agent.server_close()
-    result["ratios"] = ratios(result, args.streams, args.paths)
+    result["ratios"] = ratios(result, args.streams, [g[0] for g in args.gateways])
     result["load_after"] = loadavg()
     return result
 
@@ -449,6 +495,13 @@ def render(result: dict[str, Any]) -> str:
         f"machine: {m['nproc']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, "
         f"Python {m['python']}, kernel {m['kernel']}",
         f"load average before: {result['load_before']}   after: {result['load_after']}",
+        "pinned: "
+        + (
+            f"endpoints on CPU {result['pinned']['endpoints']}, gateways and relay on CPU "
+            f"{result['pinned']['hops']}"
+            if "pinned" in result
+            else "no (--pin not given)"
+        ),
         "",
         f"Throughput ({result['seconds']:g} s per run, 1 MiB sendall, MB/s):",
         f"  {'round':>5} {'streams':>7} {'path':<9} {'MB/s':>9} {'gw CPU s':>8} {'errors':>6}",
@@ -496,6 +549,12 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=1, help="repeat the direct/splice/protocol triple")
     p.add_argument("--no-relay", dest="relay", action="store_false",
                    help="skip the reference threaded relay")  # fmt: skip
+    p.add_argument("--baseline-tree", type=Path, metavar="DIR",
+                   help="also measure a splice gateway run from another source tree (e.g. "
+                   "`git archive <commit> | tar -x -C DIR`), as the path 'baseline': before/after "
+                   "in the same run")  # fmt: skip
+    p.add_argument("--pin", action="store_true",
+                   help="endpoints on the first CPU, gateways and relay on the second (both rows)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--keep", action="store_true", help="keep the temp dir and its logs")
     p.add_argument("--role", choices=("sink", "ack", "relay", "send", "connect"), help=argparse.SUPPRESS)  # fmt: skip
@@ -525,6 +584,13 @@ def main() -> int:
     args.paths = [s.strip() for s in str(args.paths).split(",") if s.strip()]
     if not set(args.paths) <= set(DATA_PATHS):
         p.error(f"--paths: choose among {', '.join(DATA_PATHS)}")
+    # (label, data path, source tree or None for this one)
+    args.gateways = [(path, path, None) for path in args.paths]
+    if args.baseline_tree is not None:
+        tree = args.baseline_tree.resolve()
+        if not (tree / "server" / "cli.py").is_file():
+            p.error(f"--baseline-tree: {tree} has no server/cli.py")
+        args.gateways.append(("baseline", "splice", tree))
     return run_bench("gateway-bench-", args, run, render, log)
 
 
