@@ -425,7 +425,13 @@ def run(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any
                     row["sink_cpu_s"] = gateway_cpu(sink) - sink_cpu
                     log(f"  {row['mb_per_s']:.0f} MB/s, errors {len(row['errors'])}, CPU s: gateway {row['gateway_cpu_s']:.1f}, sender {row['sender_cpu_s']:.1f}, sink {row['sink_cpu_s']:.1f}")  # fmt: skip
                     throughput.append(row)
-            for path, ports in targets.items():
+            # Direct first, then the hops, in reverse order every other round: each run leaves
+            # TIME_WAIT sockets that slow the next one's connects, so no row always follows
+            # the same one.
+            order = list(targets.items())
+            if rnd % 2 == 0:
+                order = [order[0], *reversed(order[1:])]
+            for path, ports in order:
                 procs.check_alive()
                 log(f"round {rnd}: new connections, concurrency {args.concurrency}, {path}")
                 cpu = gateway_cpu(gateways.get(path))
