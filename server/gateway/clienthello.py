@@ -288,6 +288,80 @@ class _Reader:
 
 
 def _parse_body(body: bytes) -> tuple[str, tuple[str, ...]]:
+    """(server name, ALPN protocols) of a ClientHello body, or ClientHelloError.
+
+    The common, well-formed shape goes through :func:`_parse_body_fast` (plain index arithmetic,
+    no reader objects: this runs once per gateway connection); anything it does not accept is
+    parsed again by :func:`_parse_body_strict`, which decides the outcome and the error. The
+    fast path only ever accepts bodies the strict one accepts, with the same result."""
+    fast = _parse_body_fast(body)
+    if fast is not None:
+        return fast
+    return _parse_body_strict(body)
+
+
+def _parse_body_fast(body: bytes) -> tuple[str, tuple[str, ...]] | None:
+    """The result of :func:`_parse_body_strict` for a body in the common shape (a server_name
+    extension with a single host_name entry), None for anything else (including every error)."""
+    n = len(body)
+    if n < 35 or body[0] != 3 or body[34] > 32:
+        return None
+    p = 35 + body[34]  # legacy_version, random, legacy_session_id
+    if p + 2 > n:
+        return None
+    suites = (body[p] << 8) | body[p + 1]
+    if suites < 2 or suites % 2:
+        return None
+    p += 2 + suites
+    if p + 1 > n or body[p] < 1:
+        return None
+    p += 1 + body[p]
+    if p + 2 > n or p + 2 + ((body[p] << 8) | body[p + 1]) != n:
+        return None
+    p += 2
+    seen: set[int] = set()
+    name: str | None = None
+    alpn: tuple[str, ...] = ()
+    while p < n:
+        if p + 4 > n:
+            return None
+        ext_type = (body[p] << 8) | body[p + 1]
+        end = p + 4 + ((body[p + 2] << 8) | body[p + 3])
+        if end > n or ext_type in seen:
+            return None
+        seen.add(ext_type)
+        p += 4
+        if ext_type == EXT_SERVER_NAME:
+            # server_name_list of exactly one host_name entry filling the extension.
+            if end - p < 6 or ((body[p] << 8) | body[p + 1]) != end - p - 2 or body[p + 2] != 0:
+                return None
+            if ((body[p + 3] << 8) | body[p + 4]) != end - p - 5 or end - p - 5 > 255:
+                return None
+            host = body[p + 5 : end]
+            if not host.isascii():
+                return None
+            name = host.decode("ascii")
+            if not name.isprintable() or " " in name:  # ASCII printable minus space: 0x21-0x7e
+                return None
+        elif ext_type == EXT_ALPN:
+            if end - p < 2 or ((body[p] << 8) | body[p + 1]) != end - p - 2 or end - p == 2:
+                return None
+            q = p + 2
+            protos: list[str] = []
+            while q < end:
+                plen = body[q]
+                if plen == 0 or q + 1 + plen > end:
+                    return None
+                protos.append(body[q + 1 : q + 1 + plen].decode("latin-1"))
+                q += 1 + plen
+            alpn = tuple(protos)
+        p = end
+    if name is None:
+        return None
+    return name, alpn
+
+
+def _parse_body_strict(body: bytes) -> tuple[str, tuple[str, ...]]:
     r = _Reader(body)
     major = r.uint(1, "legacy_version")
     r.take(1, "legacy_version")

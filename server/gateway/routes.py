@@ -185,7 +185,8 @@ class _Index:
         )
 
 
-_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+#: Dot-separated labels, each matching ``[a-z0-9_-]{1,63}`` (one match per name, not per label).
+_NAME = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")
 
 
 class Router:
@@ -209,8 +210,7 @@ class Router:
         name = sni.lower() if sni.isascii() else sni
         if not name or len(name) > 253 or name.endswith("."):
             return Refusal(RefuseReason.INVALID_NAME, name, "empty, too long or trailing dot")
-        labels = name.split(".")
-        if not all(_LABEL.fullmatch(lbl) for lbl in labels):
+        if _NAME.fullmatch(name) is None:
             return Refusal(RefuseReason.INVALID_NAME, name, "labels must match [a-z0-9_-]{1,63}")
         t = self._index
         if t.trust_domain is not None:

@@ -104,6 +104,14 @@ async def _send_all(sock: socket.socket, data: bytes, timeout: float) -> None:
 
 
 def _family(host: str) -> socket.AddressFamily | None:
+    """The family of an IP address literal; None for a name (to resolve). ``inet_pton`` first
+    (one C call, the usual case), ``ipaddress`` for the rest (scoped IPv6 literals)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return family
     try:
         return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     except ValueError:
