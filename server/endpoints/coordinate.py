@@ -57,10 +57,17 @@ def register(app: web.Application, ctx: ServerContext) -> None:
         coordinates = [
             {"Node": name, "Segment": "", "Coord": origin_coord().to_api()} for name in servers
         ]
-        return json_response(
-            request,
-            [{"Datacenter": ctx.config.datacenter, "AreaID": "wan", "Coordinates": coordinates}],
-        )
+        out = [{"Datacenter": ctx.config.datacenter, "AreaID": "wan", "Coordinates": coordinates}]
+        router: Any = ctx.router
+        for dc in router.datacenters()[1:] if router is not None else []:
+            # Other datacenters' servers as the WAN pool knows them (origin coordinates: no
+            # network coordinates are computed yet).
+            remote = [
+                {"Node": server.node, "Segment": "", "Coord": origin_coord().to_api()}
+                for server in router.servers(dc)
+            ]
+            out.append({"Datacenter": dc, "AreaID": "wan", "Coordinates": remote})
+        return json_response(request, out)
 
     async def nodes(request: web.Request) -> web.Response:
         opts = ctx.options(request)

@@ -72,6 +72,12 @@ async def test_two_datacenters_federate_over_the_wan_pool(tmp_path: Path) -> Non
                     return list(await r.json())
 
             assert await dcs(s1) == ["dc1", "dc2"]
+            async with http.get(s1 + "/v1/coordinate/datacenters") as r:
+                areas = {
+                    a["Datacenter"]: sorted(c["Node"] for c in a["Coordinates"])
+                    for a in await r.json()
+                }
+            assert areas == {"dc1": ["s1", "s2"], "dc2": ["s3"]}
             assert await dcs(s3) == ["dc2", "dc1"]
 
             # KV both ways, through a follower and a client agent too.
