@@ -15,11 +15,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+#: Ports this test process already handed out: a later call never returns them again (the
+#: kernel may, once the probe socket is closed and before the agent binds it).
+_HANDED_OUT: set[int] = set()
 
 
 def free_ports(n: int) -> list[int]:
@@ -29,6 +34,9 @@ def free_ports(n: int) -> list[int]:
         while len(ports) < n:
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] in _HANDED_OUT:
+                sockets.append(s)  # keep it bound so the kernel offers another
+                continue
             # The serf port is also bound for UDP: make sure that one is free too.
             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
@@ -40,6 +48,7 @@ def free_ports(n: int) -> list[int]:
             sockets.append(s)
             sockets.append(u)
             ports.append(s.getsockname()[1])
+        _HANDED_OUT.update(ports)
         return ports
     finally:
         for s in sockets:
@@ -177,3 +186,25 @@ async def wait_for_leader(
                 return str(leader)
         await asyncio.sleep(0.2)
     raise AssertionError("the servers did not agree on a leader")
+
+
+#: What a poll of a real process may raise while it is not there yet.
+POLL_ERRORS = (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, IndexError)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], timeout: float, what: str, poll: float = 0.25
+) -> Any:
+    """Poll ``check`` until it returns something true (not an exception), and return it;
+    ``AssertionError`` naming ``what`` and the last result after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = await check()
+        except POLL_ERRORS as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        await asyncio.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")

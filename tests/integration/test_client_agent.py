@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from helpers.cluster import (
     ServerProc,
+    eventually,
     get_json,
     make_client,
     make_servers,
@@ -38,20 +37,6 @@ def datacenter(tmp_path: Path) -> Iterator[tuple[list[ServerProc], ServerProc]]:
             p.terminate()
         for p in everyone:
             p.kill()
-
-
-async def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = await check()
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
-            last = exc
-        if last is True or (last and not isinstance(last, Exception)):
-            return last
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 async def scenario(servers: list[ServerProc], client: ServerProc) -> None:

@@ -9,14 +9,20 @@ Raft; writes keep working throughout."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from helpers.cluster import ServerProc, get_json, make_servers, server_args, wait_for_leader
+from helpers.cluster import (
+    ServerProc,
+    eventually,
+    get_json,
+    make_servers,
+    server_args,
+    wait_for_leader,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -36,20 +42,6 @@ def servers(tmp_path: Path) -> Iterator[list[ServerProc]]:
             s.terminate()
         for s in everyone:
             s.kill()
-
-
-async def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = await check()
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            last = exc
-        if last:
-            return last
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 async def raft_servers(session: aiohttp.ClientSession, s: ServerProc) -> dict[str, bool]:

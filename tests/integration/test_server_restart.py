@@ -9,15 +9,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from helpers.cluster import (
     ServerProc,
+    eventually,
     get_json,
     make_client,
     make_servers,
@@ -41,18 +40,6 @@ def procs(tmp_path: Path) -> Iterator[tuple[list[ServerProc], ServerProc]]:
             p.kill()
 
 
-async def wait(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if await check():
-                return
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, IndexError):
-            pass
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.25)
-
-
 async def scenario(servers: list[ServerProc], client: ServerProc) -> None:
     for p in [*servers, client]:
         p.start()
@@ -68,7 +55,7 @@ async def scenario(servers: list[ServerProc], client: ServerProc) -> None:
         async def client_ready() -> bool:
             return bool(await get_json(session, client.base + "/v1/status/leader"))
 
-        await wait(client_ready, 20, "the client to reach a server")
+        await eventually(client_ready, 20, "the client to reach a server")
         async with session.put(client.base + "/v1/session/create", data=b"{}") as resp:
             assert resp.status == 200, await resp.text()
             sid = (await resp.json())["ID"]
@@ -97,7 +84,7 @@ async def scenario(servers: list[ServerProc], client: ServerProc) -> None:
             checks = await get_json(session, servers[2].base + "/v1/health/node/c1")
             return any(c["CheckID"] == "serfHealth" and c["Status"] == "passing" for c in checks)
 
-        await wait(c1_passing, 30, "c1 passing again")
+        await eventually(c1_passing, 30, "c1 passing again")
         assert await raft_nodes() == {"s1", "s2", "s3"}
 
 

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from helpers.cluster import ServerProc, free_ports, make_client, make_servers, wait_for_leader
+from helpers.cluster import (
+    ServerProc,
+    eventually,
+    free_ports,
+    make_client,
+    make_servers,
+    wait_for_leader,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -25,20 +32,6 @@ def _with_wan(s: ServerProc, tmp_path: Path, dc: str, wan_port: int, *extra: str
     config.write_text(json.dumps({"datacenter": dc, **FAST_WAN}))
     args = [a for a in s.args if not a.startswith("-serf-wan-port")]
     s.args = [*args, f"-serf-wan-port={wan_port}", f"-config-file={config}", *extra]
-
-
-async def _until(fn, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = await fn()
-            if last:
-                return last
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            last = exc
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
 
 
 async def test_two_datacenters_federate_over_the_wan_pool(tmp_path: Path) -> None:
@@ -65,19 +58,25 @@ async def test_two_datacenters_federate_over_the_wan_pool(tmp_path: Path) -> Non
                     members = {m["Name"]: m["Status"] for m in await r.json()}
                 return members == {"s1.dc1": 1, "s2.dc1": 1, "s3.dc2": 1}
 
-            await _until(wan_members, 30, "all three servers alive in the WAN pool")
+            await eventually(wan_members, 30, "all three servers alive in the WAN pool")
 
             async def dcs(base: str) -> list[str]:
                 async with http.get(base + "/v1/catalog/datacenters") as r:
                     return list(await r.json())
 
             assert await dcs(s1) == ["dc1", "dc2"]
-            async with http.get(s1 + "/v1/coordinate/datacenters") as r:
-                areas = {
-                    a["Datacenter"]: sorted(c["Node"] for c in a["Coordinates"])
-                    for a in await r.json()
-                }
-            assert areas == {"dc1": ["s1", "s2"], "dc2": ["s3"]}
+
+            async def areas() -> bool:
+                # Local servers are named once the catalog knows their nodes (a moment after
+                # the leader is elected); until then their Raft IDs stand in.
+                async with http.get(s1 + "/v1/coordinate/datacenters") as r:
+                    seen = {
+                        a["Datacenter"]: sorted(c["Node"] for c in a["Coordinates"])
+                        for a in await r.json()
+                    }
+                return seen == {"dc1": ["s1", "s2"], "dc2": ["s3"]}
+
+            await eventually(areas, 10, "coordinate datacenters list both with their servers")
             assert await dcs(s3) == ["dc2", "dc1"]
 
             # KV both ways, through a follower and a client agent too.
@@ -128,7 +127,7 @@ async def test_two_datacenters_federate_over_the_wan_pool(tmp_path: Path) -> Non
                 async with http.get(f"{s3}/v1/event/list?name=deploy") as r:
                     return len(await r.json()) == 1
 
-            await _until(fired_in_dc2, 10, "the event fired in dc2")
+            await eventually(fired_in_dc2, 10, "the event fired in dc2")
 
             async with http.get(f"{s1}/v1/kv/fed?dc=nowhere") as r:
                 assert r.status == 500 and await r.text() == "No path to datacenter"
@@ -163,11 +162,11 @@ async def test_a_restarted_lone_primary_server_finds_the_wan_pool_again(tmp_path
                 async with http.get(dc1[0].base + "/v1/catalog/datacenters") as r:
                     return r.status == 200 and await r.json() == ["dc1", "dc2"]
 
-            await _until(dc1_sees_dc2, 30, "dc1 sees dc2")
+            await eventually(dc1_sees_dc2, 30, "dc1 sees dc2")
             await asyncio.sleep(1.5)  # the peer snapshot is written by the router refresh
             dc1[0].terminate()
             dc1[0].start()
-            await _until(dc1_sees_dc2, 20, "the restarted dc1 server sees dc2 again")
+            await eventually(dc1_sees_dc2, 20, "the restarted dc1 server sees dc2 again")
             async with http.get(dc1[0].base + "/v1/kv/nothing?dc=dc2") as r:
                 assert r.status == 404
     finally:
