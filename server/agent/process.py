@@ -451,6 +451,7 @@ class Agent:
         info = ServerInfo.from_member(MemberInfo(name, addr, "alive", tags))
         if info is None or info.datacenter != self.config.datacenter:
             return
+        self.ctx.server_names[info.node_id] = info.name
         if self.server_pool is not None:
             self.server_pool.update(info.name, info.rpc_address, info.datacenter, alive)
         elif alive:

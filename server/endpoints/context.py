@@ -122,6 +122,9 @@ class ServerContext:
         #: (``server.federation.router.Router``), cross-datacenter RPC
         #: (``server.federation.remote.RemoteRPC``) and, when federating through mesh
         #: gateways, the gateway locator (``server.federation.locator.GatewayLocator``).
+        #: Node names of this datacenter's servers by node ID (= Raft ID), as serf announced
+        #: them (set by the agent from LAN member events; read where a Raft ID is shown).
+        self.server_names: dict[str, str] = {}
         self.router: Any = None
         self.remote: Any = None
         self.locator: Any = None

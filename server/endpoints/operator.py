@@ -201,7 +201,8 @@ class AutopilotInitializer:
 
 def server_node_name(ctx: ServerContext, raft_id: str) -> str:
     """The node name of the server whose Raft ID is ``raft_id`` (Raft IDs are node IDs):
-    this agent's own name, else the catalog node with that ID, else the ID itself."""
+    this agent's own name, else the catalog node with that ID, else the name serf announced
+    for it (the catalog lags right after a restart), else the ID itself."""
     raft = ctx.raft
     if raft is not None and raft_id == raft.id:
         return ctx.config.node_name or raft_id
@@ -211,7 +212,7 @@ def server_node_name(ctx: ServerContext, raft_id: str) -> str:
         for node in nodes:
             if node.id and node.id.lower() == raft_id.lower():
                 return node.node
-    return raft_id
+    return ctx.server_names.get(raft_id, raft_id)
 
 
 # --- raft views ----------------------------------------------------------------------------
